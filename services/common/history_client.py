@@ -1,0 +1,104 @@
+"""Client adapter to the history tier, shared by routers and edges.
+
+Picks a live history node from membership (rotating), applies the deadline and the service
+credential, and tries a second node on UNAVAILABLE (appends are idempotent by event id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.grpc_gen.history.v1 import history_pb2 as hpb
+from services.common.grpc_gen.history.v1 import history_pb2_grpc as hpb_grpc
+from services.common.membership import MemberWatcher
+from services.common.rpc import credential_metadata, insecure_channel
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+
+
+class HistoryCallError(Exception):
+    """Root of history call errors; `code` is the machine-readable reason."""
+
+    code = "internal"
+
+
+class HistoryUnavailableError(HistoryCallError):
+    code = "unavailable"
+
+
+class HistoryInvalidError(HistoryCallError):
+    code = "invalid"
+
+
+class HistoryClient:
+    def __init__(self, watcher: MemberWatcher, *, service_token: str, timeout_s: float) -> None:
+        self._watcher = watcher
+        self._metadata = credential_metadata(service_token)
+        self._timeout_s = timeout_s
+        self._channels: dict[str, aio.Channel] = {}
+        self._next = 0
+
+    def _channels_in_turn(self) -> list[aio.Channel]:
+        addresses = sorted(self._watcher.members.values())
+        if not addresses:
+            raise HistoryUnavailableError("no live history node")
+        self._next = (self._next + 1) % len(addresses)
+        ordered = addresses[self._next:] + addresses[: self._next]
+        out = []
+        for addr in ordered[:2]:
+            ch = self._channels.get(addr)
+            if ch is None:
+                ch = self._channels[addr] = insecure_channel(addr)
+            out.append(ch)
+        return out
+
+    async def append(self, channel: str, events: Sequence[hpb.Event]) -> hpb.AppendResponse:
+        request = hpb.AppendRequest(channel=channel, events=events)
+        return await self._call("Append", request)  # type: ignore[no-any-return]
+
+    async def read(self, channel: str, since_offset: int, *, epoch: str = "", limit: int = 0,
+                   latest: bool = False) -> hpb.ReadResponse:
+        request = hpb.ReadRequest(channel=channel, since_offset=since_offset, epoch=epoch,
+                                  limit=limit, latest=latest)
+        return await self._call("Read", request)  # type: ignore[no-any-return]
+
+    async def _call(self, method: str, request: object) -> object:
+        last: aio.AioRpcError | None = None
+        for ch in self._channels_in_turn():
+            try:
+                return await getattr(hpb_grpc.HistoryStub(ch), method)(
+                    request, timeout=self._timeout_s, metadata=self._metadata)
+            except aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise HistoryInvalidError(e.details() or "invalid request") from e
+                if e.code() not in RETRYABLE:
+                    raise HistoryCallError(e.details() or e.code().name) from e
+                last = e
+        raise HistoryUnavailableError(
+            f"history {method} failed: {last.code().name if last else 'no node'}") from last
+
+    async def healthy(self, timeout_s: float = 1.0) -> bool:
+        """True when some live history node answers its gRPC health check with SERVING."""
+        try:
+            channels = self._channels_in_turn()
+        except HistoryUnavailableError:
+            return False
+        for ch in channels:
+            try:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except aio.AioRpcError:
+                continue
+        return False
+
+    async def aclose(self) -> None:
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            await ch.close()

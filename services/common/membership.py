@@ -1,0 +1,112 @@
+"""Membership leases: keep our own alive, watch the others'.
+
+Both are owned background tasks: `start()` creates them, `aclose()` cancels them (and the
+keeper drops its lease, shielded, under a timeout, so a graceful exit is seen at once while
+a crash is seen when the lease expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+
+from services.common.store.base import MembershipStore, StoreError
+
+log = structlog.get_logger("switchboard.membership")
+
+
+class LeaseKeeper:
+    def __init__(self, store: MembershipStore, role: str, node_id: str, address: str,
+                 *, ttl_s: float, refresh_s: float) -> None:
+        self._store, self.role, self.node_id, self.address = store, role, node_id, address
+        self._ttl_s, self._refresh_s = ttl_s, refresh_s
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = False
+
+    async def start(self) -> None:
+        await self._register()
+        self._task = asyncio.create_task(self._run(), name=f"lease-{self.role}")
+
+    async def _register(self) -> None:
+        try:
+            async with asyncio.timeout(self._refresh_s * 2):
+                await self._store.register(self.role, self.node_id, self.address, self._ttl_s)
+            if not self.healthy:
+                log.info("lease_acquired", role=self.role, node_id=self.node_id)
+            self.healthy = True
+        except (StoreError, TimeoutError) as e:
+            if self.healthy:
+                log.warning("lease_refresh_failed", role=self.role, error=str(e))
+            self.healthy = False
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            await self._register()
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(self._store.deregister(self.role, self.node_id))
+
+
+class MemberWatcher:
+    """Polls the live members of a role; calls `on_change(members)` when the set changes."""
+
+    def __init__(self, store: MembershipStore, role: str, *, poll_s: float,
+                 on_change: Callable[[dict[str, str]], None] | None = None) -> None:
+        self._store, self.role, self._poll_s = store, role, poll_s
+        self._on_change = on_change
+        self.members: dict[str, str] = {}
+        self.healthy = False
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name=f"watch-{self.role}")
+
+    async def refresh(self) -> None:
+        try:
+            async with asyncio.timeout(max(self._poll_s * 4, 2.0)):
+                current = await self._store.members(self.role)
+            self.healthy = True
+        except (StoreError, TimeoutError) as e:
+            if self.healthy:
+                log.warning("membership_poll_failed", role=self.role, error=str(e))
+            self.healthy = False
+            return  # keep the last known view while the store is away
+        if current != self.members:
+            log.info("members_changed", role=self.role, members=sorted(current))
+            self.members = current
+            self._changed.set()
+            self._changed = asyncio.Event()
+            if self._on_change is not None:
+                self._on_change(dict(current))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            await self.refresh()
+
+    async def wait_for(self, predicate: Callable[[dict[str, str]], bool], timeout_s: float) -> bool:
+        async with asyncio.timeout(timeout_s):
+            while not predicate(self.members):
+                await self._changed.wait()
+        return True
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

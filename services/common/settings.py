@@ -1,0 +1,81 @@
+"""Settings for every tier, read from SWITCHBOARD_* environment variables.
+
+Durations carry their unit in the name. No tier reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "switchboard-insecure-development-secret-do-not-use-in-production"
+DEV_SERVICE_TOKEN = "switchboard-insecure-development-service-token"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="ignore")
+
+    # identity and addresses
+    node_id: str = Field(default_factory=lambda: secrets.token_hex(4))
+    host: str = "127.0.0.1"
+    port: int = 8000
+    advertise_host: str = ""  # host other tiers dial; defaults to host
+
+    # store
+    store_url: str = "memory://"
+    key_prefix: str = "sb"
+    store_timeout_s: float = 2.0
+    store_max_connections: int = 64
+
+    # auth
+    jwt_secret: str = ""
+    jwt_algorithm: str = "HS256"
+    allow_any_session: bool = False
+    service_token: str = ""  # shared credential on internal gRPC calls
+    auth_timeout_s: float = 10.0
+
+    # membership
+    lease_ttl_s: float = 5.0
+    lease_refresh_s: float = 1.0
+    membership_poll_s: float = 0.5
+
+    # rpc
+    rpc_timeout_s: float = 5.0
+    publish_timeout_s: float = 5.0
+    router_reconnect_max_s: float = 2.0
+
+    # history
+    history_max_len: int = 10_000
+    history_ttl_s: float = 24 * 3600.0
+    history_meta_ttl_s: float = 7 * 24 * 3600.0
+    history_read_limit: int = 1_000
+    idempotency_window_s: float = 300.0
+
+    # edge
+    max_frame_bytes: int = 64 * 1024
+    send_queue_max: int = 1_000
+    edge_link_queue_max: int = 10_000
+    ping_interval_s: float = 20.0
+    drain_grace_s: float = 5.0
+
+    # router
+    router_link_queue_max: int = 50_000
+    publish_batch_max: int = 256
+
+    # telemetry
+    log_json: bool = True
+    log_level: str = "info"
+    metrics_port: int = 0  # router/history: 0 disables the /metrics listener
+
+    def require_secrets(self) -> None:
+        """Refuse to run a tier without real credentials (only `switchboard dev` sets dev ones)."""
+        if not self.jwt_secret:
+            raise SystemExit("SWITCHBOARD_JWT_SECRET is not set (use `switchboard dev` for local runs)")
+        if not self.service_token:
+            raise SystemExit("SWITCHBOARD_SERVICE_TOKEN is not set (use `switchboard dev` for local runs)")
+
+    @property
+    def advertised(self) -> str:
+        return f"{self.advertise_host or self.host}:{self.port}"

@@ -1,0 +1,102 @@
+"""DragonflyDB back end (Redis 7 is the stand-in) via redis.asyncio.
+
+The only module tree that imports `redis`, together with the tiers' own `store/dragonfly.py`.
+Every multi-key operation is a Lua script that declares all its keys (DragonflyDB requires it);
+connection and timeout errors become StoreUnavailableError.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.common.store.base import Keys, StoreError, StoreUnavailableError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+LUA_DIR = Path(__file__).parent / "lua"
+
+
+def open_redis(url: str, *, timeout_s: float, max_connections: int) -> aioredis.Redis:
+    # socket_timeout must exceed any blocking command we issue (we issue none); the pool is
+    # sized explicitly rather than inheriting redis-py's default cap (see shared/bench RESULTS).
+    # RESP2: with redis-py 8.1's default RESP3, "auto" maintenance notifications make the pool
+    # skip its stale-connection check (redis/redis-py#4252, fixed by #4260), so after a store
+    # restart every pooled connection failed once. We use nothing RESP3 offers.
+    return aioredis.Redis.from_url(
+        url,
+        protocol=2,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        max_connections=max_connections,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+def translate_errors(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as e:
+            raise StoreUnavailableError(f"store unavailable: {type(e).__name__}") from e
+        except RedisError as e:
+            if "LOADING" in str(e) or "BUSY" in str(e):
+                raise StoreUnavailableError(f"store not ready: {e}") from e
+            raise StoreError(str(e)) from e
+
+    return wrapper
+
+
+def load_script(client: aioredis.Redis, path: Path) -> Any:
+    return client.register_script(path.read_text())
+
+
+class DragonflyMembershipStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self._r = client
+        self._keys = keys
+        self._register = load_script(client, LUA_DIR / "member_register.lua")
+        self._members = load_script(client, LUA_DIR / "member_list.lua")
+
+    def _k(self, role: str) -> list[str]:
+        return [self._keys.members(role, "z"), self._keys.members(role, "h")]
+
+    @translate_errors
+    async def register(self, role: str, node_id: str, address: str, ttl_s: float) -> None:
+        now_ms = int(time.time() * 1000)
+        await self._register(keys=self._k(role), args=[node_id, address, now_ms + int(ttl_s * 1000), now_ms])
+
+    @translate_errors
+    async def deregister(self, role: str, node_id: str) -> None:
+        z, h = self._k(role)
+        async with self._r.pipeline(transaction=True) as p:
+            p.zrem(z, node_id)
+            p.hdel(h, node_id)
+            await p.execute()
+
+    @translate_errors
+    async def members(self, role: str) -> dict[str, str]:
+        raw = await self._members(keys=self._k(role), args=[int(time.time() * 1000)])
+        return {_s(raw[i]): _s(raw[i + 1]) for i in range(0, len(raw), 2) if raw[i + 1] is not None}
+
+    @translate_errors
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    async def aclose(self) -> None:
+        return None  # the client belongs to whoever opened it
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v

@@ -1,0 +1,25 @@
+"""Small task helpers: run sibling coroutines until the first one ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+
+async def first_completed(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run the coroutines as tasks; when one ends (or raises), cancel and await the others.
+    The first task's exception, if any, is re-raised; cancellation passes through."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

@@ -1,0 +1,217 @@
+"""Run the whole cluster on one machine as real processes: what `switchboard dev` starts.
+
+Also the harness of the end-to-end tests, which kill, restart and add processes through it.
+Every process is started in its own session and stopped by its pid: SIGTERM, then SIGKILL
+after a bounded wait. Nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.settings import DEV_JWT_SECRET, DEV_SERVICE_TOKEN
+
+HOST = "127.0.0.1"
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: object, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout_s}s")
+
+
+def tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def find_redis() -> str | None:
+    return shutil.which("redis-server") or shutil.which("valkey-server")
+
+
+@dataclass
+class Proc:
+    role: str
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.popen = subprocess.Popen(
+                self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.popen is not None
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.popen is None:
+            return
+        if self.alive:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(timeout=grace_s)
+        else:
+            self.popen.wait(timeout=grace_s)
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.popen is not None
+            self.signal(signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+
+@dataclass
+class DevCluster:
+    edges: int = 2
+    routers: int = 2
+    histories: int = 1
+    port: int = 18000
+    store_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra SWITCHBOARD_* settings
+    workdir: Path | None = None
+    procs: list[Proc] = field(default_factory=list)
+    redis: Proc | None = None
+    _counters: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="switchboard-dev-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def jwt_secret(self) -> str:
+        return self.env.get("SWITCHBOARD_JWT_SECRET") or os.environ.get("SWITCHBOARD_JWT_SECRET") or DEV_JWT_SECRET
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("SWITCHBOARD_JWT_SECRET", DEV_JWT_SECRET)
+        env.setdefault("SWITCHBOARD_SERVICE_TOKEN", DEV_SERVICE_TOKEN)
+        env.setdefault("SWITCHBOARD_ALLOW_ANY_SESSION", "true")
+        env.update(self.env)
+        assert self.store_url is not None
+        env["SWITCHBOARD_STORE_URL"] = self.store_url
+        return env
+
+    # ---- processes -------------------------------------------------------------------------
+
+    def start_store(self) -> None:
+        binary = find_redis()
+        if binary is None:
+            raise RuntimeError("no redis-server or valkey-server on PATH")
+        port = free_port()
+        assert self.workdir is not None
+        argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir), "--dbfilename", "store.rdb", "--daemonize", "no",
+                "--protected-mode", "yes", "--loglevel", "warning"]
+        self.redis = Proc("store", "store", argv, dict(os.environ), port,
+                          self.workdir / "store.log").start()
+        wait_until(lambda: tcp_open(port), 10, "redis-server", self.redis.popen)
+        self.store_url = f"redis://{HOST}:{port}/0"
+
+    def spawn(self, role: str, port: int | None = None, node_id: str | None = None) -> Proc:
+        n = self._counters[role] = self._counters.get(role, 0) + 1
+        name = node_id or f"{role}-{n}"
+        port = port or free_port()
+        env = self.base_env()
+        env["SWITCHBOARD_NODE_ID"] = name
+        env["SWITCHBOARD_PORT"] = str(port)
+        assert self.workdir is not None
+        argv = [sys.executable, "-m", "services.cli", role]
+        proc = Proc(role, name, argv, env, port, self.workdir / f"{name}.log").start()
+        self.procs.append(proc)
+        return proc
+
+    def wait_ready(self, proc: Proc, timeout_s: float = 30.0) -> None:
+        if proc.role == "edge":
+            wait_until(lambda: http_ok(f"http://{HOST}:{proc.port}/readyz"), timeout_s,
+                       proc.name, proc.popen)
+        else:
+            wait_until(lambda: tcp_open(proc.port), timeout_s, proc.name, proc.popen)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        if self.store_url is None:
+            self.start_store()
+        started = [self.spawn("history") for _ in range(self.histories)]
+        started += [self.spawn("router") for _ in range(self.routers)]
+        for p in started:
+            self.wait_ready(p, timeout_s)
+        edges = [self.spawn("edge", port=self.port + i if self.port else None)
+                 for i in range(self.edges)]
+        for p in edges:
+            self.wait_ready(p, timeout_s)
+
+    def by_role(self, role: str) -> list[Proc]:
+        return [p for p in self.procs if p.role == role and p.alive]
+
+    def edge_urls(self) -> list[str]:
+        return [f"ws://{HOST}:{p.port}" for p in self.by_role("edge")]
+
+    def stop(self) -> None:
+        """Edges first (clients move away), then routers, history, and the store last."""
+        for role in ("edge", "router", "history"):
+            for p in [p for p in self.procs if p.role == role]:
+                p.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def __enter__(self) -> DevCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,54 @@
+"""Every tier in one process on the in-memory store: `switchboard dev` without redis-server.
+
+The tiers still talk gRPC to each other over loopback, exactly as in the cluster; only the
+store is the in-process back end, so nothing survives a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import uvicorn
+
+from services.common.auth import mint_token
+from services.common.process import stop_event_on_signals
+from services.common.settings import DEV_JWT_SECRET, DEV_SERVICE_TOKEN, Settings
+from services.common.telemetry import configure_logging
+from services.edge.app import create_app
+from services.history.server import running as running_history
+from services.router.server import running as running_router
+
+
+def _settings(node_id: str, port: int) -> Settings:
+    return Settings(node_id=node_id, port=port, store_url="memory://dev",
+                    jwt_secret=DEV_JWT_SECRET, service_token=DEV_SERVICE_TOKEN,
+                    allow_any_session=True, log_json=False)
+
+
+async def run_single_process(edges: int, routers: int, port: int) -> int:
+    configure_logging(json=False)
+    stop = stop_event_on_signals()
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_history(_settings("history-1", 0)))
+        for i in range(routers):
+            await stack.enter_async_context(running_router(_settings(f"router-{i + 1}", 0)))
+        servers = []
+        for i in range(edges):
+            s = _settings(f"edge-{i + 1}", port + i)
+            config = uvicorn.Config(create_app(s), host=s.host, port=s.port, ws="websockets-sansio",
+                                    ws_max_size=s.max_frame_bytes, lifespan="on",
+                                    log_config=None, access_log=False)
+            server = uvicorn.Server(config)
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            servers.append(server)
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        token = mint_token(DEV_JWT_SECRET, "dev-user", scopes=["publish"], ttl_s=24 * 3600)
+        for i in range(edges):
+            print(f"  edge:  ws://127.0.0.1:{port + i}/api/ws/chat/{{session_id}}", flush=True)
+        print(f"  token: {token}\nCtrl-C stops.", flush=True)
+        await stop.wait()
+        for s in servers:
+            s.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return 0

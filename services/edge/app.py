@@ -1,0 +1,282 @@
+"""The edge: Starlette app factory, lifespan, WebSocket endpoints and the HTTP API."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from services.common import wire
+from services.common.auth import AuthError, Principal, TokenVerifier, normalize_channel
+from services.common.close_codes import CloseCode
+from services.common.grpc_gen.history.v1 import history_pb2 as hpb
+from services.common.history_client import HistoryCallError, HistoryClient
+from services.common.membership import LeaseKeeper, MemberWatcher
+from services.common.settings import Settings
+from services.common.store.factory import build_membership_store, open_backend
+from services.common.telemetry import new_registry
+from services.edge.context import EdgeContext
+from services.edge.errors import EdgeError
+from services.edge.hub import Hub
+from services.edge.metrics import EdgeMetrics
+from services.edge.routing_client import RouterPool
+from services.edge.session import Session
+
+log = structlog.get_logger("switchboard.edge")
+MAX_PUBLISH_BODY = 256 * 1024
+
+
+class JSONBody(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return content if isinstance(content, bytes) else wire.encode(content)
+
+
+def _error(status: int, code: str, message: str) -> JSONBody:
+    return JSONBody({"error": message, "code": code}, status_code=status)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the edge. Everything it holds is created in the lifespan and closed in reverse."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        registry = new_registry()
+        metrics = EdgeMetrics(registry)
+        backend = open_backend(settings)
+        members = build_membership_store(backend)
+        histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
+        history = HistoryClient(histories, service_token=settings.service_token,
+                                timeout_s=settings.rpc_timeout_s)
+        hub_ref: list[Hub] = []
+        pool = RouterPool(settings.node_id, service_token=settings.service_token,
+                          on_delivery=lambda d: hub_ref[0].on_delivery(d),
+                          queue_max=settings.edge_link_queue_max,
+                          reconnect_max_s=settings.router_reconnect_max_s,
+                          publish_timeout_s=settings.publish_timeout_s)
+        hub = Hub(pool, history, metrics, pending_max=settings.edge_link_queue_max)
+        hub_ref.append(hub)
+        routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
+                                on_change=pool.set_routers)
+        lease = LeaseKeeper(members, "edge", settings.node_id, settings.advertised,
+                            ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
+        ctx = EdgeContext(settings, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
+                                                  allow_any_session=settings.allow_any_session),
+                          pool, history, hub, metrics, registry)
+        try:
+            await histories.start()
+            await routers.start()
+            pool.set_routers(routers.members)
+            await lease.start()
+            log.info("edge_started", node_id=settings.node_id, port=settings.port)
+            yield {"ctx": ctx}
+        finally:
+            ctx.draining = True
+            await lease.aclose()
+            for session in list(ctx.sessions):
+                session.close_with(CloseCode.SERVICE_RESTART)
+            await routers.aclose()
+            await histories.aclose()
+            await hub.aclose()
+            await pool.aclose()
+            await history.aclose()
+            await backend.aclose()
+            log.info("edge_stopped", node_id=settings.node_id)
+
+    routes = []
+    for prefix in ("", "/api"):
+        routes += [
+            WebSocketRoute(prefix + "/ws/chat/{session_id}", chat_endpoint),
+            WebSocketRoute(prefix + "/ws/agent-status/{user_id}", agent_status_endpoint),
+        ]
+    routes += [
+        Route("/api/v1/publish", publish, methods=["POST"]),
+        Route("/api/v1/channels/{channel}/history", channel_history, methods=["GET"]),
+        Route("/api/v1/stats", stats, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _ctx(scope_holder: Request | WebSocket) -> EdgeContext:
+    ctx: EdgeContext = scope_holder.state.ctx
+    return ctx
+
+
+async def chat_endpoint(ws: WebSocket) -> None:
+    await _serve_socket(ws, "chat", ws.path_params["session_id"])
+
+
+async def agent_status_endpoint(ws: WebSocket) -> None:
+    await _serve_socket(ws, "agent_status", ws.path_params["user_id"])
+
+
+async def _serve_socket(ws: WebSocket, kind: Any, path_id: str) -> None:
+    ctx = _ctx(ws)
+    if ctx.draining:
+        await ws.close(int(CloseCode.SERVICE_RESTART))
+        return
+    await Session(ws, ctx, kind, path_id).run()
+
+
+def _bearer(request: Request, ctx: EdgeContext) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("missing bearer token", "missing_token")
+    return ctx.verifier.verify(token.strip())
+
+
+async def publish(request: Request) -> Response:
+    """POST /api/v1/publish {channel, type, payload, id?, ephemeral?, priority?}: 200 {offset,
+    epoch} once history holds the event (ephemeral: {delivered: true}); 401/403/400/503."""
+    ctx = _ctx(request)
+    m = ctx.metrics
+    try:
+        principal = _bearer(request, ctx)
+    except AuthError as e:
+        m.publishes.labels("http", "unauthorized").inc()
+        return _error(401, e.code, str(e))
+    if "publish" not in principal.scopes:
+        m.publishes.labels("http", "forbidden").inc()
+        return _error(403, "forbidden", "the token lacks the publish scope")
+    raw = await request.body()
+    if len(raw) > MAX_PUBLISH_BODY:
+        return _error(413, "too_large", "body too large")
+    try:
+        body = orjson.loads(raw)
+        req = _publish_request(body)
+    except (orjson.JSONDecodeError, ValueError) as e:
+        m.publishes.labels("http", "invalid").inc()
+        return _error(400, "invalid", str(e))
+    channel, event, ephemeral = req
+    try:
+        with m.publish_seconds.time():
+            ack = await ctx.pool.publish(channel, event, ephemeral=ephemeral)
+    except EdgeError as e:
+        m.publishes.labels("http", e.code).inc()
+        status = 400 if e.code == "invalid" else 503
+        return _error(status, e.code, str(e))
+    m.publishes.labels("http", "ok").inc()
+    if ephemeral:
+        return JSONBody({"id": event.id, "delivered": True})
+    return JSONBody({"id": event.id, "channel": channel, "offset": ack.offset, "epoch": ack.epoch,
+                     "duplicate": ack.duplicate})
+
+
+def _publish_request(body: Any) -> tuple[str, hpb.Event, bool]:
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    channel = normalize_channel(str(body.get("channel", "")))
+    if channel is None:
+        raise ValueError("channel must be session:ID, agent_status:USER or user:USER")
+    event_type = body.get("type")
+    if event_type not in wire.EVENT_TYPES:
+        raise ValueError(f"unknown event type: {str(event_type)[:64]}")
+    payload = body.get("payload", {})
+    if not isinstance(payload, dict):
+        raise ValueError("payload must be a JSON object")
+    event_id = body.get("id") or wire.new_id()
+    if not isinstance(event_id, str) or not 1 <= len(event_id) <= 128:
+        raise ValueError("id must be a string of 1 to 128 characters")
+    priority = body.get("priority", wire.priority_of(event_type))
+    if priority not in (1, 2, 3):
+        raise ValueError("priority must be 1, 2 or 3")
+    ephemeral = bool(body.get("ephemeral", event_type in wire.EPHEMERAL_TYPES))
+    kind, _, ident = channel.partition(":")
+    encoded = wire.encode_body(
+        event_type, payload, event_id=event_id, channel=channel, priority=priority,
+        session_id=ident if kind == "session" else None,
+        user_id=ident if kind != "session" else body.get("user_id"),
+    )
+    return channel, hpb.Event(id=event_id, type=event_type, body=encoded, priority=priority), ephemeral
+
+
+async def channel_history(request: Request) -> Response:
+    """GET /api/v1/channels/{channel}/history?since=&limit= (a token that may read the channel,
+    or one with the publish scope)."""
+    ctx = _ctx(request)
+    try:
+        principal = _bearer(request, ctx)
+    except AuthError as e:
+        return _error(401, e.code, str(e))
+    channel = normalize_channel(request.path_params["channel"])
+    if channel is None:
+        return _error(400, "invalid_channel", "unknown channel")
+    if not (principal.may_access(channel) or "publish" in principal.scopes):
+        return _error(403, "forbidden", "not allowed to read this channel")
+    try:
+        since = request.query_params.get("since")
+        limit = int(request.query_params.get("limit", "100"))
+        if not 1 <= limit <= ctx.settings.history_read_limit or (since is not None and int(since) < 0):
+            raise ValueError
+    except ValueError:
+        return _error(400, "invalid", "since must be >= 0 and limit between 1 and the read limit")
+    try:
+        got = await ctx.history.read(channel, int(since or 0), limit=limit, latest=since is None)
+    except HistoryCallError as e:
+        return _error(503, e.code, str(e))
+    events = b",".join(ev.frame for ev in got.events)
+    head = wire.encode({"channel": channel, "epoch": got.epoch, "top_offset": got.top_offset,
+                        "first_offset": got.first_offset, "complete": got.complete, "events": []})
+    return JSONBody(head.replace(b'"events":[]', b'"events":[' + events + b"]", 1))
+
+
+async def stats(request: Request) -> Response:
+    ctx = _ctx(request)
+    m = ctx.metrics
+
+    def total(counter: Any) -> float:
+        return float(sum(s.value for metric in counter.collect() for s in metric.samples
+                         if s.name.endswith("_total")))
+
+    queues = [len(s.queue) for s in ctx.sessions]
+    return JSONBody({
+        "node_id": ctx.settings.node_id,
+        "active_connections": len(ctx.sessions),
+        "peak_connections": m.peak,
+        "messages_in": total(m.messages_in), "messages_out": total(m.messages_out),
+        "bytes_in": total(m.bytes_in), "bytes_out": total(m.bytes_out),
+        "send_queue_total": sum(queues), "send_queue_max": max(queues, default=0),
+        "channels": len(ctx.hub.channels),
+        "routers_connected": sum(1 for link in ctx.pool.links.values() if link.connected.is_set()),
+        "closes_by_code": {s.labels["code"]: s.value for metric in m.closes.collect()
+                           for s in metric.samples if s.name.endswith("_total")},
+        "uptime_s": round(time.monotonic() - _STARTED, 3),
+    })
+
+
+_STARTED = time.monotonic()
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(_ctx(request).registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONBody({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """200 only when a router stream is up and a history node answers its health check."""
+    ctx = _ctx(request)
+    routers = ctx.pool.ready()
+    history = await ctx.history.healthy(timeout_s=1.0) if routers else False
+    ready = routers and history and not ctx.draining
+    return JSONBody({"ready": ready, "router": routers, "history": history,
+                     "draining": ctx.draining}, status_code=200 if ready else 503)
+
+

@@ -1,0 +1,31 @@
+"""What the edge's lifespan builds and every connection and route shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from services.common.auth import TokenVerifier
+from services.common.history_client import HistoryClient
+from services.common.settings import Settings
+from services.edge.hub import Hub
+from services.edge.metrics import EdgeMetrics
+from services.edge.routing_client import RouterPool
+
+if TYPE_CHECKING:
+    from services.edge.session import Session
+
+
+@dataclass
+class EdgeContext:
+    settings: Settings
+    verifier: TokenVerifier
+    pool: RouterPool
+    history: HistoryClient
+    hub: Hub
+    metrics: EdgeMetrics
+    registry: CollectorRegistry
+    sessions: set[Session] = field(default_factory=set)
+    draining: bool = False

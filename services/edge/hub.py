@@ -1,0 +1,147 @@
+"""Local fan-out at the edge: channel -> subscribed connections, in offset order.
+
+Each delivery from a router is decoded once and handed to every local subscriber. Per channel
+the hub keeps the last offset delivered and the epoch: duplicates are dropped, and on a gap the
+missing range is read from history before going on, so even clients that know nothing of
+offsets get a complete, ordered stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
+from services.common.history_client import HistoryCallError, HistoryClient
+from services.edge.metrics import EdgeMetrics
+from services.edge.routing_client import RouterPool
+
+log = structlog.get_logger("switchboard.edge")
+REPAIR_PAGE = 500
+
+
+class Subscriber(Protocol):
+    def push(self, frame: str, priority: int, channel: str, offset: int) -> None:
+        """Queue a frame; must not block (overflow closes the subscriber)."""
+        ...
+
+
+@dataclass
+class ChannelState:
+    subscribers: set[Subscriber] = field(default_factory=set)
+    last_offset: int = 0
+    epoch: str = ""
+    repairing: bool = False
+    pending: list[pb.Delivery] = field(default_factory=list)
+
+
+class Hub:
+    def __init__(self, pool: RouterPool, history: HistoryClient, metrics: EdgeMetrics,
+                 *, pending_max: int) -> None:
+        self._pool = pool
+        self._history = history
+        self._m = metrics
+        self._pending_max = pending_max
+        self.channels: dict[str, ChannelState] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def subscribe(self, sub: Subscriber, channel: str) -> ChannelState:
+        state = self.channels.get(channel)
+        if state is None:
+            state = self.channels[channel] = ChannelState()
+            self._pool.attach(channel)
+        state.subscribers.add(sub)
+        return state
+
+    def unsubscribe(self, sub: Subscriber, channels: Iterable[str]) -> None:
+        for channel in channels:
+            state = self.channels.get(channel)
+            if state is None:
+                continue
+            state.subscribers.discard(sub)
+            if not state.subscribers:
+                del self.channels[channel]
+                self._pool.detach(channel)
+
+    def on_delivery(self, d: pb.Delivery) -> None:
+        self._m.deliveries.inc()
+        state = self.channels.get(d.channel)
+        if state is None:
+            return
+        if d.offset == 0:  # ephemeral: no order, no history
+            self._fan_out(state, d)
+            return
+        if state.repairing:
+            if len(state.pending) < self._pending_max:
+                state.pending.append(d)
+            return
+        self._in_order(d.channel, state, d)
+
+    def _in_order(self, channel: str, state: ChannelState, d: pb.Delivery) -> None:
+        if d.epoch != state.epoch or state.last_offset == 0:
+            if state.epoch and d.epoch != state.epoch:
+                log.warning("channel_epoch_changed", channel=channel, old=state.epoch, new=d.epoch)
+            state.epoch, state.last_offset = d.epoch, d.offset
+            self._fan_out(state, d)
+        elif d.offset <= state.last_offset:
+            self._m.duplicates.inc()
+        elif d.offset == state.last_offset + 1:
+            state.last_offset = d.offset
+            self._fan_out(state, d)
+        else:
+            state.repairing = True
+            state.pending.append(d)
+            task = asyncio.create_task(self._repair(channel, state))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _repair(self, channel: str, state: ChannelState) -> None:
+        """Read the missing range from history, deliver it, then the deliveries held meanwhile."""
+        target = min(d.offset for d in state.pending) - 1
+        result = "ok"
+        try:
+            while state.last_offset < target:
+                got = await self._history.read(channel, state.last_offset, epoch=state.epoch,
+                                               limit=REPAIR_PAGE)
+                if got.epoch_changed or not got.events:
+                    result = "incomplete"
+                    break
+                for ev in got.events:
+                    if ev.offset > state.last_offset and ev.offset <= target:
+                        state.last_offset = ev.offset
+                        self._fan_out(state, pb.Delivery(channel=channel, offset=ev.offset,
+                                                         epoch=got.epoch, frame=ev.frame,
+                                                         priority=ev.priority))
+                if not got.complete:
+                    result = "incomplete"
+                    break
+        except HistoryCallError as e:
+            result = "failed"
+            log.warning("gap_repair_failed", channel=channel, error=str(e))
+        finally:
+            self._m.gap_repairs.labels(result).inc()
+            pending, state.pending = sorted(state.pending, key=lambda d: d.offset), []
+            state.repairing = False
+            if result != "ok" and pending:
+                state.last_offset = pending[0].offset - 1  # go on: the gap is reported, not hidden
+            for d in pending:
+                if not state.repairing:
+                    self._in_order(channel, state, d)
+                else:
+                    state.pending.append(d)
+
+    def _fan_out(self, state: ChannelState, d: pb.Delivery) -> None:
+        frame = d.frame.decode()  # once per event, shared by every subscriber
+        for sub in list(state.subscribers):
+            sub.push(frame, d.priority, d.channel, d.offset)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,249 @@
+"""The edge's gRPC adapter to the routers: one Connect stream per live router.
+
+Channels are attached to their owner (rendezvous hashing over the live routers); when the
+router set changes, channels whose owner changed are detached from the old owner and attached
+to the new one. Publishes go to the owner's stream, or to any connected router when the owner
+is unreachable (routers forward to the owner or take the channel over); they are retried
+until the publish deadline, and stay idempotent because every event carries its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import Callable
+
+import grpc
+import structlog
+from grpc import aio
+
+from services.common.grpc_gen.history.v1 import history_pb2 as hpb
+from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
+from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
+from services.common.rpc import credential_metadata, insecure_channel
+from services.common.sharding import owner_of
+from services.edge.errors import EdgeError, PublishRejectedError, UpstreamUnavailableError
+
+log = structlog.get_logger("switchboard.edge")
+DeliveryHandler = Callable[[pb.Delivery], None]
+RETRYABLE_CODES = {"unavailable", "timeout"}
+
+
+class RouterLink:
+    """One Connect stream to one router, reconnected with jittered backoff until closed."""
+
+    def __init__(self, pool: RouterPool, router_id: str, address: str) -> None:
+        self.router_id = router_id
+        self.address = address
+        self._pool = pool
+        self._queue: asyncio.Queue[pb.EdgeMessage] = asyncio.Queue(pool.queue_max)
+        self._pending: dict[int, asyncio.Future[pb.PublishAck]] = {}
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"router-link-{self.router_id}")
+
+    def send(self, message: pb.EdgeMessage) -> bool:
+        """Queue a message if the stream is up; attaches are re-sent on every (re)connect."""
+        if not self.connected.is_set():
+            return False
+        try:
+            self._queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def publish(self, request: pb.PublishRequest) -> asyncio.Future[pb.PublishAck]:
+        fut: asyncio.Future[pb.PublishAck] = asyncio.get_running_loop().create_future()
+        if not self.send(pb.EdgeMessage(publish=request)):
+            fut.set_exception(UpstreamUnavailableError(f"router {self.router_id} not connected"))
+            return fut
+        self._pending[request.request_id] = fut
+        return fut
+
+    def forget(self, request_id: int) -> None:
+        self._pending.pop(request_id, None)
+
+    async def _run(self) -> None:
+        attempt = 0
+        channel = insecure_channel(self.address)
+        try:
+            while True:
+                try:
+                    await self._session(channel)
+                    attempt = 0
+                except aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.CANCELLED:
+                        log.info("router_stream_lost", router_id=self.router_id, code=e.code().name)
+                finally:
+                    self._disconnected()
+                attempt += 1
+                cap = min(self._pool.reconnect_max_s, 0.05 * 2 ** min(attempt, 8))
+                await asyncio.sleep(random.uniform(0, cap))  # full jitter
+        finally:
+            await channel.close()
+
+    async def _session(self, channel: aio.Channel) -> None:
+        stub = pb_grpc.RouterStub(channel)
+        call = stub.Connect(metadata=self._pool.metadata)
+        await call.write(pb.EdgeMessage(hello=pb.Hello(edge_id=self._pool.edge_id)))
+        attached = self._pool.channels_on(self.router_id)
+        if attached:
+            await call.write(pb.EdgeMessage(attach=pb.Attach(channels=attached)))
+        self._queue = asyncio.Queue(self._pool.queue_max)
+        self.connected.set()
+        log.info("router_stream_open", router_id=self.router_id, channels=len(attached))
+        writer = asyncio.create_task(self._write(call))
+        try:
+            while True:
+                message = await call.read()
+                if message is aio.EOF:
+                    return
+                self._dispatch(message)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aio.AioRpcError):
+                await writer
+            call.cancel()
+
+    async def _write(self, call: aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        while True:
+            message = await self._queue.get()
+            await call.write(message)
+
+    def _dispatch(self, message: pb.RouterMessage) -> None:
+        if message.HasField("delivery"):
+            self._pool.on_delivery(message.delivery)
+        elif message.HasField("ack"):
+            fut = self._pending.pop(message.ack.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(message.ack)
+
+    def _disconnected(self) -> None:
+        self.connected.clear()
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(UpstreamUnavailableError(f"stream to {self.router_id} lost"))
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class RouterPool:
+    def __init__(self, edge_id: str, *, service_token: str, on_delivery: DeliveryHandler,
+                 queue_max: int, reconnect_max_s: float, publish_timeout_s: float) -> None:
+        self.edge_id = edge_id
+        self.metadata = credential_metadata(service_token)
+        self.on_delivery = on_delivery
+        self.queue_max = queue_max
+        self.reconnect_max_s = reconnect_max_s
+        self.publish_timeout_s = publish_timeout_s
+        self.links: dict[str, RouterLink] = {}
+        self.assigned: dict[str, str] = {}  # channel -> router id it is attached to
+        self._ids = itertools.count(1)
+        self._closing: set[asyncio.Task[None]] = set()
+
+    # ---- membership ------------------------------------------------------------------------
+
+    def set_routers(self, members: dict[str, str]) -> None:
+        """Open streams to new routers, close those to gone ones, move channels to new owners."""
+        for router_id in list(self.links):
+            link = self.links[router_id]
+            if members.get(router_id) != link.address:
+                del self.links[router_id]
+                task = asyncio.create_task(link.aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        for router_id, address in members.items():
+            if router_id not in self.links:
+                link = self.links[router_id] = RouterLink(self, router_id, address)
+                link.start()
+        moved = 0
+        for channel, current in list(self.assigned.items()):
+            owner = owner_of(channel, self.links)
+            if owner is not None and owner != current:
+                self._move(channel, current, owner)
+                moved += 1
+        if moved:
+            log.info("channels_reassigned", moved=moved, routers=sorted(members))
+
+    def _move(self, channel: str, old: str, new: str) -> None:
+        old_link = self.links.get(old)
+        if old_link is not None:
+            old_link.send(pb.EdgeMessage(detach=pb.Detach(channels=[channel])))
+        self.assigned[channel] = new
+        self.links[new].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel])))
+
+    def channels_on(self, router_id: str) -> list[str]:
+        return [c for c, r in self.assigned.items() if r == router_id]
+
+    def ready(self) -> bool:
+        return any(link.connected.is_set() for link in self.links.values())
+
+    # ---- channels --------------------------------------------------------------------------
+
+    def attach(self, channel: str) -> None:
+        owner = owner_of(channel, self.links)
+        self.assigned[channel] = owner or ""
+        if owner is not None:
+            self.links[owner].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel])))
+
+    def detach(self, channel: str) -> None:
+        router_id = self.assigned.pop(channel, None)
+        link = self.links.get(router_id or "")
+        if link is not None:
+            link.send(pb.EdgeMessage(detach=pb.Detach(channels=[channel])))
+
+    # ---- publish ---------------------------------------------------------------------------
+
+    async def publish(self, channel: str, event: hpb.Event, *, ephemeral: bool = False) -> pb.PublishAck:
+        """Publish and wait for the ack; retried on unavailability until the deadline.
+        Raises UpstreamUnavailableError or PublishRejectedError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout_s
+        attempt = 0
+        last: EdgeError = UpstreamUnavailableError("no router available")
+        while (remaining := deadline - loop.time()) > 0:
+            link = self._pick(channel, attempt)
+            if link is not None:
+                request = pb.PublishRequest(request_id=next(self._ids), channel=channel,
+                                            event=event, ephemeral=ephemeral)
+                fut = link.publish(request)
+                try:
+                    async with asyncio.timeout(remaining):
+                        ack = await fut
+                    if not ack.error_code:
+                        return ack
+                    last = PublishRejectedError(ack.error_code, ack.error_message)
+                    if ack.error_code not in RETRYABLE_CODES or ephemeral:
+                        raise last
+                except UpstreamUnavailableError as e:
+                    last = e
+                except TimeoutError:
+                    link.forget(request.request_id)
+                    break
+            if ephemeral:
+                break
+            attempt += 1
+            await asyncio.sleep(min(0.05 * 2 ** attempt, 0.5, max(deadline - loop.time(), 0)))
+        raise last if isinstance(last, PublishRejectedError) else UpstreamUnavailableError(
+            f"publish not acknowledged: {last}")
+
+    def _pick(self, channel: str, attempt: int) -> RouterLink | None:
+        owner = owner_of(channel, self.links)
+        if owner is not None and self.links[owner].connected.is_set() and attempt < 2:
+            return self.links[owner]
+        up = [link for link in self.links.values() if link.connected.is_set()]
+        return random.choice(up) if up else None
+
+    async def aclose(self) -> None:
+        links, self.links = self.links, {}
+        await asyncio.gather(*(link.aclose() for link in links.values()), *self._closing)

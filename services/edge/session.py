@@ -1,0 +1,360 @@
+"""One WebSocket connection: authenticate, then a reader and a writer until either ends.
+
+The reader handles client frames in order; the writer drains the bounded send queue. A full
+queue closes the connection with 4008 (the client reconnects and recovers); nothing a client
+sends can raise out of this module: bad input gets an error event or a close code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any, Literal, NoReturn
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from services.common import wire
+from services.common.auth import AuthError, Principal, normalize_channel, valid_id
+from services.common.close_codes import CloseCode, reason_of
+from services.common.grpc_gen.history.v1 import history_pb2 as hpb
+from services.common.history_client import HistoryCallError
+from services.common.tasks import first_completed
+from services.edge.context import EdgeContext
+from services.edge.errors import EdgeError
+from services.edge.sendqueue import SendQueue
+
+log = structlog.get_logger("switchboard.edge")
+Kind = Literal["chat", "agent_status"]
+MAX_INFLIGHT_PUBLISHES = 64
+
+
+class Closed(Exception):
+    """Raised inside the session to close the socket with a code."""
+
+    def __init__(self, code: CloseCode, reason: str = "") -> None:
+        super().__init__(reason or reason_of(code))
+        self.code = code
+
+
+class Session:
+    def __init__(self, ws: WebSocket, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.kind = kind
+        self.path_id = path_id
+        self.connection_id = uuid.uuid4().hex
+        self.principal: Principal | None = None
+        self.session_id: str | None = None
+        self.channels: set[str] = set()
+        self.offsets: dict[str, int] = {}   # channel -> last offset queued to this client
+        self.queue = SendQueue(ctx.settings.send_queue_max)
+        self._closing: CloseCode | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._inflight = asyncio.Semaphore(MAX_INFLIGHT_PUBLISHES)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        m = self.ctx.metrics
+        await self.ws.accept()
+        m.connections_total.inc()
+        code = CloseCode.NORMAL
+        try:
+            await self._authenticate()
+            self.ctx.sessions.add(self)
+            m.connected(len(self.ctx.sessions))
+            structlog.contextvars.bind_contextvars(connection_id=self.connection_id)
+            await first_completed(self._read_loop(), self._write_loop())
+            code = self._closing or CloseCode.NORMAL
+        except Closed as e:
+            code = e.code
+        except WebSocketDisconnect:
+            code = CloseCode.NORMAL
+        except Exception:
+            log.exception("session_failed")
+            code = CloseCode.INTERNAL_ERROR
+        finally:
+            await self._teardown(code)
+
+    async def _teardown(self, code: CloseCode) -> None:
+        self.ctx.hub.unsubscribe(self, self.channels)
+        self.ctx.sessions.discard(self)
+        self.ctx.metrics.connected(len(self.ctx.sessions))
+        for task in list(self._tasks):
+            task.cancel()
+        if code != CloseCode.NORMAL or self._closing is not None:
+            self.ctx.metrics.closes.labels(str(int(code))).inc()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await self.ws.close(int(code), reason_of(code))
+        structlog.contextvars.unbind_contextvars("connection_id")
+
+    def close_with(self, code: CloseCode) -> None:
+        """Close from outside the reader (overflow, drain): stop the writer; run() closes."""
+        if self._closing is None:
+            self._closing = code
+        if self._writer is not None:
+            self._writer.cancel()
+
+    # ---- auth ------------------------------------------------------------------------------
+
+    async def _authenticate(self) -> None:
+        s, m = self.ctx.settings, self.ctx.metrics
+        if not valid_id(self.path_id):
+            await self._auth_failed("invalid id in path", "invalid_id", CloseCode.FORBIDDEN)
+        try:
+            async with asyncio.timeout(s.auth_timeout_s):
+                message = await self.ws.receive()
+        except TimeoutError:
+            await self._auth_failed("authentication timeout", "auth_timeout", CloseCode.BAD_AUTH_FRAME)
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        raw = message.get("text") or message.get("bytes") or b""
+        m.bytes_in.inc(len(raw))
+        try:
+            frame = wire.parse_auth(wire.load_json_object(raw))
+        except wire.ProtocolError as e:
+            await self._auth_failed(str(e), e.code, CloseCode.BAD_AUTH_FRAME)
+        try:
+            principal = self.ctx.verifier.verify(frame.token)
+        except AuthError as e:
+            await self._auth_failed(str(e), e.code, CloseCode.AUTH_FAILED)
+        if self.kind == "chat":
+            if (frame.session_id and frame.session_id != self.path_id) or not principal.may_join(self.path_id):
+                await self._auth_failed("not allowed to join this session", "forbidden", CloseCode.FORBIDDEN)
+            self.session_id = self.path_id
+        elif principal.user_id != self.path_id:
+            await self._auth_failed("not allowed to watch this user", "forbidden", CloseCode.FORBIDDEN)
+        self.principal = principal
+        await self._accept_auth(frame)
+
+    async def _auth_failed(self, error: str, code: str, close: CloseCode) -> NoReturn:
+        self.ctx.metrics.auth_failures.labels(code).inc()
+        reply = {"success": False, "error": error, "code": code, "connection_id": self.connection_id}
+        with contextlib.suppress(Exception):
+            await self._send_now(wire.encode(reply).decode())
+        raise Closed(close, error)
+
+    async def _accept_auth(self, frame: wire.AuthFrame) -> None:
+        p = self.principal
+        assert p is not None
+        available = [f"user:{p.user_id}", f"agent_status:{p.user_id}"]
+        if self.session_id:
+            available.insert(0, f"session:{self.session_id}")
+        default = [available[0], f"user:{p.user_id}"] if self.kind == "chat" else available[1::-1]
+        ok, failed = self._subscribe([*default, *frame.channels])
+        reply: dict[str, Any] = {
+            "success": True, "connection_id": self.connection_id, "user_id": p.user_id,
+            "session_id": self.session_id, "available_channels": available,
+            "subscribed_channels": ok, "failed_channels": failed or None,
+            "connectionId": self.connection_id, "userId": p.user_id, "sessionId": self.session_id,
+        }
+        await self._send_now(wire.encode(reply).decode())
+        self._push_event("connection_established", {
+            "connection_id": self.connection_id, "user_id": p.user_id,
+            "session_id": self.session_id, "channels": sorted(self.channels)})
+        log.info("session_authenticated", user_id=p.user_id, session_id=self.session_id,
+                 kind=self.kind)
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                self.ctx.metrics.bytes_in.inc(len(message.get("bytes") or b""))
+                self._error("binary frames are not supported; send JSON text", "unsupported_data")
+                continue
+            self.ctx.metrics.bytes_in.inc(len(text))
+            if len(text) > self.ctx.settings.max_frame_bytes:
+                raise Closed(CloseCode.MESSAGE_TOO_BIG)
+            try:
+                await self._handle(wire.load_json_object(text), nested=False)
+            except wire.ProtocolError as e:
+                self.ctx.metrics.messages_in.labels("invalid").inc()
+                self._error(str(e), e.code)
+
+    async def _handle(self, obj: dict[str, Any], *, nested: bool) -> None:
+        frame = wire.parse_frame(obj)
+        self.ctx.metrics.messages_in.labels(frame.type).inc()
+        match frame:
+            case wire.ChatMessageFrame():
+                await self._chat_message(frame)
+            case wire.TypingFrame():
+                await self._typing(frame)
+            case wire.SubscribeFrame():
+                self._on_subscribe(frame)
+            case wire.HeartbeatFrame():
+                self._push_event("connection_heartbeat", {
+                    "connection_id": self.connection_id, "timestamp": wire.now_iso()})
+            case wire.BatchFrame():
+                if nested:
+                    raise wire.ProtocolError("a batch cannot contain a batch")
+                for item in frame.messages:
+                    try:
+                        await self._handle(item, nested=True)
+                    except wire.ProtocolError as e:
+                        self.ctx.metrics.messages_in.labels("invalid").inc()
+                        self._error(str(e), e.code)
+            case wire.HistoryFrame():
+                self._spawn(self._history(frame))
+            case wire.RecoverFrame():
+                self._error("recover is not available yet on this server", "unsupported")
+            case wire.PresenceFrame():
+                self._error("presence is not available yet on this server", "unsupported")
+
+    def _target_channel(self, requested: str | None) -> str:
+        channel = normalize_channel(requested) if requested else (
+            f"session:{self.session_id}" if self.session_id else None)
+        if channel is None or not channel.startswith("session:"):
+            raise wire.ProtocolError("messages go to a session channel", "invalid_channel")
+        assert self.principal is not None
+        if not self.principal.may_access(channel):
+            raise wire.ProtocolError(f"not allowed to publish to {channel}", "forbidden")
+        return channel
+
+    async def _chat_message(self, frame: wire.ChatMessageFrame) -> None:
+        channel = self._target_channel(frame.channel)
+        payload: dict[str, Any] = {"content": frame.content, "role": "user"}
+        if frame.attachments:
+            payload["attachments"] = frame.attachments
+        await self._publish(channel, "chat_message", payload, frame.id, ephemeral=False)
+
+    async def _typing(self, frame: wire.TypingFrame) -> None:
+        channel = self._target_channel(frame.channel)
+        assert self.principal is not None
+        typing = frame.type != "chat_typing_stop" and frame.is_typing is not False
+        payload = {"user_id": self.principal.user_id, "is_typing": typing}
+        await self._publish(channel, frame.type, payload, None, ephemeral=True)
+
+    async def _publish(self, channel: str, event_type: str, payload: dict[str, Any],
+                       event_id: str | None, *, ephemeral: bool) -> None:
+        assert self.principal is not None
+        eid = event_id or wire.new_id()
+        body = wire.encode_body(event_type, payload, event_id=eid, channel=channel,
+                                session_id=channel.partition(":")[2],
+                                user_id=self.principal.user_id)
+        event = hpb.Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
+        # Bounded in-flight publishes per connection: the reader waits here when the bound is
+        # reached, which is back-pressure on a flooding client instead of unbounded tasks.
+        await self._inflight.acquire()
+        self._spawn(self._await_publish(channel, event, ephemeral))
+
+    async def _await_publish(self, channel: str, event: hpb.Event, ephemeral: bool) -> None:
+        m = self.ctx.metrics
+        try:
+            with m.publish_seconds.time():
+                await self.ctx.pool.publish(channel, event, ephemeral=ephemeral)
+            m.publishes.labels("client", "ok").inc()
+        except EdgeError as e:
+            m.publishes.labels("client", e.code).inc()
+            if not ephemeral:
+                self._push_event("connection_error", {
+                    "code": e.code, "message": f"message not stored: {e}",
+                    "message_id": event.id, "retryable": e.code in ("unavailable", "overloaded")})
+        finally:
+            self._inflight.release()
+
+    def _on_subscribe(self, frame: wire.SubscribeFrame) -> None:
+        unsubscribed = []
+        for name in frame.unsubscribe_channels:
+            channel = normalize_channel(name)
+            if channel in self.channels:
+                self.channels.discard(channel)
+                self.offsets.pop(channel, None)
+                self.ctx.hub.unsubscribe(self, [channel])
+                unsubscribed.append(name)
+        ok, failed = self._subscribe(frame.channels)
+        self._push_event("subscribe_response", {
+            "success": not failed, "subscribed_channels": ok, "failed_channels": failed,
+            "unsubscribed_channels": unsubscribed, "channels": sorted(self.channels)})
+
+    def _subscribe(self, names: list[str]) -> tuple[list[str], list[str]]:
+        assert self.principal is not None
+        ok: list[str] = []
+        failed: list[str] = []
+        for name in names:
+            channel = normalize_channel(name)
+            if channel is None or not self.principal.may_access(channel):
+                failed.append(name)
+                continue
+            if channel not in self.channels:
+                self.channels.add(channel)
+                state = self.ctx.hub.subscribe(self, channel)
+                self.offsets[channel] = state.last_offset
+            if channel not in ok:
+                ok.append(channel)
+        return ok, failed
+
+    async def _history(self, frame: wire.HistoryFrame) -> None:
+        channel = normalize_channel(frame.channel)
+        assert self.principal is not None
+        if channel is None or not self.principal.may_access(channel):
+            self._error(f"not allowed to read {frame.channel}", "forbidden")
+            return
+        try:
+            got = await self.ctx.history.read(channel, frame.since or 0, limit=frame.limit,
+                                              latest=frame.since is None)
+        except HistoryCallError as e:
+            self._error(f"history unavailable: {e}", e.code)
+            return
+        self.push(history_frame(channel, got).decode(), 1, channel, 0)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def push(self, frame: str, priority: int, channel: str, offset: int) -> None:
+        """Queue a frame (Subscriber protocol). Drops what this client already has; a full
+        queue closes the connection with 4008."""
+        if offset:
+            if offset <= self.offsets.get(channel, 0):
+                return
+            self.offsets[channel] = offset
+        if not self.queue.push(frame, priority, durable=offset > 0):
+            self.ctx.metrics.queue_overflows.inc()
+            log.warning("send_queue_overflow", queued=len(self.queue))
+            self.close_with(CloseCode.SLOW_CONSUMER)
+
+    def _push_event(self, event_type: str, payload: dict[str, Any]) -> None:
+        body = wire.encode_body(event_type, payload, session_id=self.session_id,
+                                user_id=self.principal.user_id if self.principal else None)
+        self.push(body.decode(), wire.priority_of(event_type), "", 0)
+
+    def _error(self, message: str, code: str) -> None:
+        self.ctx.metrics.errors.labels(code).inc()
+        self._push_event("error", {"code": code, "message": message})
+
+    async def _write_loop(self) -> None:
+        self._writer = asyncio.current_task()
+        try:
+            while True:
+                await self._send_now(await self.queue.pop())
+        except asyncio.CancelledError:
+            if self._closing is None:
+                raise
+            # close_with() stopped us: end normally so that run() closes with its code
+
+    async def _send_now(self, text: str) -> None:
+        await self.ws.send_text(text)
+        self.ctx.metrics.messages_out.inc()
+        self.ctx.metrics.bytes_out.inc(len(text))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def history_frame(channel: str, got: hpb.ReadResponse) -> bytes:
+    """A history_response event whose events are the stored frames, embedded without re-encoding."""
+    body = wire.encode_body("history_response", {
+        "channel": channel, "epoch": got.epoch, "top_offset": got.top_offset,
+        "first_offset": got.first_offset, "complete": got.complete, "events": [],
+    }, channel=channel)
+    events = b",".join(ev.frame for ev in got.events)
+    return body.replace(b'"events":[]', b'"events":[' + events + b"]", 1)

@@ -1,0 +1,98 @@
+"""History gRPC servicer: proto <-> domain only."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import grpc
+from grpc import aio
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.common import wire
+from services.common.grpc_gen.history.v1 import history_pb2 as pb
+from services.common.grpc_gen.history.v1 import history_pb2_grpc as pb_grpc
+from services.common.store.base import StoreError, StoreUnavailableError
+from services.history.store.base import NewEvent, StreamStore
+
+MAX_EVENTS_PER_APPEND = 1_000
+MAX_ID_LEN = 128
+
+
+class HistoryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.appended = Counter("history_events_appended_total", "Events stored",
+                                registry=registry)
+        self.duplicates = Counter("history_duplicate_events_total",
+                                  "Appends answered from the idempotency window", registry=registry)
+        self.reads = Counter("history_reads_total", "Read calls", registry=registry)
+        self.errors = Counter("history_errors_total", "Failed calls by reason", ["reason"],
+                              registry=registry)
+        self.append_seconds = Histogram("history_append_duration_seconds",
+                                        "Append latency including the store", registry=registry)
+
+
+class HistoryServicer(pb_grpc.HistoryServicer):
+    def __init__(self, store: StreamStore, metrics: HistoryMetrics, *, read_limit: int) -> None:
+        self._store = store
+        self._m = metrics
+        self._read_limit = read_limit
+
+    async def Append(self, request: pb.AppendRequest, context: aio.ServicerContext) -> pb.AppendResponse:  # type: ignore[type-arg]
+        events = request.events
+        if not request.channel or not events or len(events) > MAX_EVENTS_PER_APPEND:
+            self._m.errors.labels("invalid").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "channel and 1..1000 events required")
+        for ev in events:
+            if not ev.id or len(ev.id) > MAX_ID_LEN or not wire.valid_body(ev.body):
+                self._m.errors.labels("invalid").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "each event needs an id and a JSON object body")
+        start = time.perf_counter()
+        try:
+            result = await self._store.append(
+                request.channel,
+                [NewEvent(ev.id, ev.body, ev.priority or 1) for ev in events],
+                new_epoch=secrets.token_hex(4),
+            )
+        except StoreUnavailableError as e:
+            self._m.errors.labels("store_unavailable").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except StoreError as e:
+            self._m.errors.labels("store_error").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        self._m.append_seconds.observe(time.perf_counter() - start)
+        dups = sum(result.duplicates)
+        self._m.appended.inc(len(events) - dups)
+        self._m.duplicates.inc(dups)
+        return pb.AppendResponse(
+            epoch=result.epoch,
+            results=[pb.Appended(offset=o, duplicate=d)
+                     for o, d in zip(result.offsets, result.duplicates, strict=True)],
+        )
+
+    async def Read(self, request: pb.ReadRequest, context: aio.ServicerContext) -> pb.ReadResponse:  # type: ignore[type-arg]
+        limit = min(request.limit or self._read_limit, self._read_limit)
+        self._m.reads.inc()
+        try:
+            got = await self._store.read(request.channel, request.since_offset, limit,
+                                         latest=request.latest)
+        except StoreUnavailableError as e:
+            self._m.errors.labels("store_unavailable").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except StoreError as e:
+            self._m.errors.labels("store_error").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+        epoch_changed = bool(request.epoch) and request.epoch != got.epoch
+        # Complete: nothing between since_offset and the first returned event was trimmed away.
+        covered = got.first_offset == 0 and request.since_offset >= got.top_offset
+        covered = covered or (got.first_offset != 0 and request.since_offset + 1 >= got.first_offset)
+        complete = not epoch_changed and (covered or request.latest)
+        return pb.ReadResponse(
+            epoch=got.epoch,
+            top_offset=got.top_offset,
+            first_offset=got.first_offset,
+            epoch_changed=epoch_changed,
+            complete=complete,
+            events=[pb.StoredEvent(offset=e.offset, frame=wire.seal(e.body, e.offset, got.epoch),
+                                   priority=e.priority) for e in got.events],
+        )

@@ -1,0 +1,59 @@
+"""DragonflyDB stream store: XADD with explicit ids (the offset is the id), Lua for atomicity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from services.common.store.base import Keys
+from services.common.store.dragonfly import load_script, translate_errors
+from services.history.store.base import (
+    AppendResult,
+    NewEvent,
+    ReadResult,
+    StoredEvent,
+    StreamLimits,
+)
+
+LUA = Path(__file__).parent / "lua"
+
+
+class DragonflyStreamStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys, limits: StreamLimits) -> None:
+        self._keys = keys
+        self._limits = limits
+        self._append = load_script(client, LUA / "append.lua")
+        self._read = load_script(client, LUA / "read.lua")
+
+    @translate_errors
+    async def append(
+        self, channel: str, events: Sequence[NewEvent], *, new_epoch: str,
+    ) -> AppendResult:
+        k = self._keys
+        keys = [k.channel(channel, "meta"), k.channel(channel, "stream")]
+        keys += [k.channel(channel, "idem:" + ev.id) for ev in events]
+        lim = self._limits
+        args: list[str | bytes | int] = [
+            new_epoch, lim.max_len, int(lim.ttl_s * 1000), int(lim.meta_ttl_s * 1000),
+            int(lim.idempotency_window_s * 1000),
+        ]
+        for ev in events:
+            args += [ev.body, ev.priority]
+        raw = await self._append(keys=keys, args=args)
+        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+        return AppendResult(epoch, [int(x) for x in raw[1::2]], [bool(int(x)) for x in raw[2::2]])
+
+    @translate_errors
+    async def read(
+        self, channel: str, since_offset: int, limit: int, *, latest: bool = False,
+    ) -> ReadResult:
+        keys = [self._keys.channel(channel, "meta"), self._keys.channel(channel, "stream")]
+        raw = await self._read(keys=keys, args=[since_offset, limit, "1" if latest else "0"])
+        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+        events = [
+            StoredEvent(int(raw[i]), bytes(raw[i + 1]), int(raw[i + 2]))
+            for i in range(3, len(raw), 3)
+        ]
+        return ReadResult(epoch, int(raw[1]), int(raw[2]), events)

@@ -1,0 +1,97 @@
+"""Ownership rules: which channels this router owns, and which edges receive each channel.
+
+The owner of a channel is the rendezvous-hash winner over the live routers. Edges attach
+their channels to the owner they compute; the owner also keeps the channel -> edges set in
+the store, so that a router that takes a channel over delivers to the edges that attached to
+the previous owner until they re-attach (at most one membership poll later).
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from services.common.sharding import owner_of
+from services.common.store.base import StoreError
+from services.router.links import EdgeLink
+from services.router.store.base import OwnershipStore
+
+log = structlog.get_logger("switchboard.router")
+
+
+class Ownership:
+    def __init__(self, node_id: str, store: OwnershipStore, *, refresh_s: float) -> None:
+        self.node_id = node_id
+        self.routers: frozenset[str] = frozenset({node_id})
+        self.links: dict[str, EdgeLink] = {}
+        self.subs: dict[str, set[str]] = {}           # channel -> edges attached here
+        self._stored: dict[str, tuple[float, set[str]]] = {}  # channel -> (loaded at, edges)
+        self._store = store
+        self._refresh_s = refresh_s
+
+    def set_routers(self, routers: set[str]) -> None:
+        self.routers = frozenset(routers | {self.node_id})
+        self._stored.clear()  # ownership may have moved: reload the stored edge sets lazily
+
+    def owner(self, channel: str) -> str:
+        return owner_of(channel, self.routers) or self.node_id
+
+    def owns(self, channel: str) -> bool:
+        return self.owner(channel) == self.node_id
+
+    async def attach(self, link: EdgeLink, channels: list[str]) -> None:
+        for channel in channels:
+            self.subs.setdefault(channel, set()).add(link.edge_id)
+            link.channels.add(channel)
+            cached = self._stored.get(channel)
+            if cached is not None:
+                cached[1].add(link.edge_id)
+        await self._store_each(self._store.add_edge, link.edge_id, channels)
+
+    async def detach(self, link: EdgeLink, channels: list[str]) -> None:
+        for channel in channels:
+            self._drop(channel, link.edge_id)
+            link.channels.discard(channel)
+        await self._store_each(self._store.remove_edge, link.edge_id, channels)
+
+    async def drop_link(self, link: EdgeLink) -> None:
+        if self.links.get(link.edge_id) is link:
+            del self.links[link.edge_id]
+        for channel in link.channels:
+            self._drop(channel, link.edge_id)
+
+    def _drop(self, channel: str, edge_id: str) -> None:
+        edges = self.subs.get(channel)
+        if edges is not None:
+            edges.discard(edge_id)
+            if not edges:
+                del self.subs[channel]
+        cached = self._stored.get(channel)
+        if cached is not None:
+            cached[1].discard(edge_id)
+
+    async def targets(self, channel: str) -> list[EdgeLink]:
+        """Connected edges that receive the channel: attached here, or attached to a previous
+        owner (from the store, re-read at most every refresh_s, never per message)."""
+        edges = set(self.subs.get(channel, ()))
+        now = time.monotonic()
+        cached = self._stored.get(channel)
+        if cached is None or now - cached[0] > self._refresh_s:
+            try:
+                stored = await self._store.edges_of(channel)
+            except StoreError as e:
+                log.warning("ownership_load_failed", channel=channel, error=str(e))
+                stored = cached[1] if cached else set()
+            if len(self._stored) > 100_000:  # bound the cache; it only saves store reads
+                self._stored.clear()
+            cached = self._stored[channel] = (now, stored)
+        edges |= cached[1]
+        return [link for e in edges if (link := self.links.get(e)) is not None and not link.broken]
+
+    async def _store_each(self, op: object, edge_id: str, channels: list[str]) -> None:
+        for channel in channels:
+            try:
+                await op(channel, edge_id)  # type: ignore[operator]
+            except StoreError as e:
+                log.warning("ownership_store_failed", channel=channel, error=str(e))

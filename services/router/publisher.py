@@ -1,0 +1,194 @@
+"""The publish path: forward to the owner, or append to history in per-channel order and fan out.
+
+Per channel, publishes queue in a bounded pipeline drained by one task, which appends a batch
+to history (the single ordering point: it assigns offsets) and then sends each event once to
+every edge that needs it. A durable publish is acknowledged only after history holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc import aio
+
+from services.common import wire
+from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
+from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
+from services.common.history_client import HistoryCallError, HistoryClient
+from services.common.membership import MemberWatcher
+from services.common.rpc import credential_metadata, insecure_channel
+from services.router.errors import OverloadedError, RouterError
+from services.router.metrics import RouterMetrics
+from services.router.ownership import Ownership
+
+log = structlog.get_logger("switchboard.router")
+MAX_HOPS = 2
+AckCallback = Callable[[pb.PublishAck], None]
+
+
+@dataclass
+class _Pipeline:
+    items: deque[tuple[pb.PublishRequest, AckCallback]] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+
+
+def error_ack(request: pb.PublishRequest, err: RouterError) -> pb.PublishAck:
+    return pb.PublishAck(request_id=request.request_id, error_code=err.code, error_message=str(err))
+
+
+class Publisher:
+    def __init__(self, ownership: Ownership, history: HistoryClient, routers: MemberWatcher,
+                 metrics: RouterMetrics, *, service_token: str, timeout_s: float,
+                 batch_max: int, pipeline_max: int) -> None:
+        self._own = ownership
+        self._history = history
+        self._routers = routers
+        self._m = metrics
+        self._metadata = credential_metadata(service_token)
+        self._timeout_s = timeout_s
+        self._batch_max = batch_max
+        self._pipeline_max = pipeline_max
+        self._pipelines: dict[str, _Pipeline] = {}
+        self._peer_channels: dict[str, aio.Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.published: dict[str, int] = {}
+
+    # ---- entry points ----------------------------------------------------------------------
+
+    def submit(self, request: pb.PublishRequest, done: AckCallback) -> None:
+        """Publish; `done(ack)` is called exactly once, from the event loop."""
+        if not wire.valid_body(request.event.body) or not request.channel:
+            self._m.publishes.labels("invalid").inc()
+            done(error_ack(request, RouterError("event body must be a JSON object")))
+            return
+        if not self._own.owns(request.channel) and request.hops < MAX_HOPS:
+            self._spawn(self._forward(request, done))
+            return
+        if request.ephemeral:
+            self._fan_out(request.channel, pb.Delivery(
+                channel=request.channel, frame=request.event.body,
+                priority=request.event.priority))
+            self._m.publishes.labels("ephemeral").inc()
+            done(pb.PublishAck(request_id=request.request_id))
+            return
+        pipe = self._pipelines.get(request.channel)
+        if pipe is None:
+            pipe = self._pipelines[request.channel] = _Pipeline()
+        if len(pipe.items) >= self._pipeline_max:
+            self._m.publishes.labels("overloaded").inc()
+            done(error_ack(request, OverloadedError("channel publish queue is full")))
+            return
+        pipe.items.append((request, done))
+        if pipe.task is None:
+            pipe.task = asyncio.create_task(self._drain(request.channel, pipe))
+
+    async def publish(self, request: pb.PublishRequest) -> pb.PublishAck:
+        fut: asyncio.Future[pb.PublishAck] = asyncio.get_running_loop().create_future()
+        self.submit(request, lambda ack: fut.done() or fut.set_result(ack))
+        return await fut
+
+    # ---- owner path ------------------------------------------------------------------------
+
+    async def _drain(self, channel: str, pipe: _Pipeline) -> None:
+        try:
+            while pipe.items:
+                n = min(len(pipe.items), self._batch_max)
+                batch = [pipe.items.popleft() for _ in range(n)]
+                await self._append_and_fan_out(channel, batch)
+        finally:
+            pipe.task = None
+            if not pipe.items and self._pipelines.get(channel) is pipe:
+                del self._pipelines[channel]
+
+    async def _append_and_fan_out(
+        self, channel: str, batch: list[tuple[pb.PublishRequest, AckCallback]],
+    ) -> None:
+        try:
+            with self._m.append_seconds.time():
+                resp = await self._history.append(channel, [req.event for req, _ in batch])
+        except HistoryCallError as e:
+            self._m.publishes.labels(e.code).inc(len(batch))
+            log.warning("append_failed", channel=channel, error=str(e), events=len(batch))
+            for req, done in batch:
+                done(pb.PublishAck(request_id=req.request_id, error_code=e.code,
+                                   error_message=str(e)))
+            return
+        targets = await self._own.targets(channel)
+        for (req, done), res in zip(batch, resp.results, strict=True):
+            # Duplicates are delivered again: edges drop what they already have by offset, and a
+            # retry after a crash between append and fan-out must still reach subscribers.
+            delivery = pb.RouterMessage(delivery=pb.Delivery(
+                channel=channel, offset=res.offset, epoch=resp.epoch,
+                frame=wire.seal(req.event.body, res.offset, resp.epoch),
+                priority=req.event.priority))
+            for link in targets:
+                link.send(delivery)
+            self._m.deliveries.inc(len(targets))
+            self._m.publishes.labels("duplicate" if res.duplicate else "ok").inc()
+            done(pb.PublishAck(request_id=req.request_id, offset=res.offset,
+                               epoch=resp.epoch, duplicate=res.duplicate))
+        self.published[channel] = self.published.get(channel, 0) + len(batch)
+
+    def _fan_out(self, channel: str, delivery: pb.Delivery) -> None:
+        message = pb.RouterMessage(delivery=delivery)
+
+        async def send() -> None:
+            for link in await self._own.targets(channel):
+                link.send(message)
+                self._m.deliveries.inc()
+
+        self._spawn(send())
+
+    # ---- forwarding ------------------------------------------------------------------------
+
+    async def _forward(self, request: pb.PublishRequest, done: AckCallback) -> None:
+        owner = self._own.owner(request.channel)
+        address = self._routers.members.get(owner)
+        forwarded = pb.PublishRequest()
+        forwarded.CopyFrom(request)
+        forwarded.hops = request.hops + 1
+        if address is None:
+            forwarded.hops = MAX_HOPS  # owner unknown here: handle it locally
+            self.submit(forwarded, done)
+            return
+        ch = self._peer_channels.get(address)
+        if ch is None:
+            ch = self._peer_channels[address] = insecure_channel(address)
+        try:
+            ack: pb.PublishAck = await pb_grpc.RouterStub(ch).Publish(
+                forwarded, timeout=self._timeout_s, metadata=self._metadata)
+            self._m.forwards.labels("ok").inc()
+        except aio.AioRpcError as e:
+            self._m.forwards.labels("failed").inc()
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # The owner is gone or stalled: take the publish ourselves (history orders it).
+                forwarded.hops = MAX_HOPS
+                self.submit(forwarded, done)
+                return
+            ack = error_ack(request, RouterError(e.details() or str(e.code())))
+        ack.request_id = request.request_id
+        done(ack)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self, grace_s: float) -> None:
+        """Let queued publishes finish within grace_s, then cancel what is left."""
+        pending = [p.task for p in self._pipelines.values() if p.task] + list(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+        for task in [p.task for p in self._pipelines.values() if p.task] + list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        channels, self._peer_channels = self._peer_channels, {}
+        for ch in channels.values():
+            await ch.close()

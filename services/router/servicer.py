@@ -1,0 +1,87 @@
+"""Router gRPC servicer: proto <-> domain only."""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+from grpc import aio
+
+from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
+from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
+from services.common.tasks import first_completed
+from services.router.links import EdgeLink
+from services.router.metrics import RouterMetrics
+from services.router.ownership import Ownership
+from services.router.publisher import Publisher
+
+log = structlog.get_logger("switchboard.router")
+
+
+class RouterServicer(pb_grpc.RouterServicer):
+    def __init__(self, ownership: Ownership, publisher: Publisher, metrics: RouterMetrics,
+                 *, link_queue_max: int) -> None:
+        self._own = ownership
+        self._pub = publisher
+        self._m = metrics
+        self._link_queue_max = link_queue_max
+
+    async def Connect(self, request_iterator: object, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
+        first = await context.read()
+        if first is aio.EOF or not first.HasField("hello") or not first.hello.edge_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+        link = EdgeLink(first.hello.edge_id, self._link_queue_max)
+        previous = self._own.links.get(link.edge_id)
+        if previous is not None:
+            previous.close()  # a reconnecting edge replaces its old stream
+        self._own.links[link.edge_id] = link
+        self._m.edges.set(len(self._own.links))
+        log.info("edge_connected", edge_id=link.edge_id)
+        try:
+            # One task reads upstream, one writes downstream; when either ends, the call ends.
+            await first_completed(self._read(link, context), self._write(link, context))
+        finally:
+            link.close()
+            await self._own.drop_link(link)
+            self._m.edges.set(len(self._own.links))
+            if link.broken:
+                self._m.dropped_links.inc()
+            log.info("edge_disconnected", edge_id=link.edge_id, overflowed=link.broken)
+
+    async def _read(self, link: EdgeLink, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
+        while True:
+            message = await context.read()
+            if message is aio.EOF:
+                return
+            await self._handle(link, message)
+
+    async def _write(self, link: EdgeLink, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
+        while True:
+            message = await link.queue.get()
+            if message is None:
+                return  # overflow or replaced: end the call; the edge reconnects and repairs gaps
+            await context.write(message)
+
+    async def _handle(self, link: EdgeLink, message: pb.EdgeMessage) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "publish":
+            self._pub.submit(message.publish, lambda ack: link.send(pb.RouterMessage(ack=ack)))
+        elif kind == "attach":
+            await self._own.attach(link, list(message.attach.channels))
+        elif kind == "detach":
+            await self._own.detach(link, list(message.detach.channels))
+
+    async def Publish(self, request: pb.PublishRequest, context: aio.ServicerContext) -> pb.PublishAck:  # type: ignore[type-arg]
+        return await self._pub.publish(request)
+
+    async def Owner(self, request: pb.OwnerRequest, context: aio.ServicerContext) -> pb.OwnerResponse:  # type: ignore[type-arg]
+        edges = sorted(link.edge_id for link in await self._own.targets(request.channel))
+        return pb.OwnerResponse(router_id=self._own.owner(request.channel), edges=edges,
+                                published=self._pub.published.get(request.channel, 0))
+
+    async def Stats(self, request: pb.StatsRequest, context: aio.ServicerContext) -> pb.StatsResponse:  # type: ignore[type-arg]
+        return pb.StatsResponse(
+            router_id=self._own.node_id,
+            owned_channels=sorted(c for c in self._pub.published if self._own.owns(c)),
+            published_total=sum(self._pub.published.values()),
+            edges_connected=len(self._own.links),
+        )

@@ -1,0 +1,27 @@
+"""In-memory ownership store (single process)."""
+
+from __future__ import annotations
+
+from services.common.store.memory import MemoryBackend, check
+
+
+class InMemoryOwnershipStore:
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._b = backend
+        self._edges: dict[str, set[str]] = backend.data.setdefault("channel_edges", {})
+
+    async def add_edge(self, channel: str, edge_id: str) -> None:
+        check(self._b)
+        self._edges.setdefault(channel, set()).add(edge_id)
+
+    async def remove_edge(self, channel: str, edge_id: str) -> None:
+        check(self._b)
+        edges = self._edges.get(channel)
+        if edges is not None:
+            edges.discard(edge_id)
+            if not edges:
+                del self._edges[channel]
+
+    async def edges_of(self, channel: str) -> set[str]:
+        check(self._b)
+        return set(self._edges.get(channel, ()))
