@@ -1,0 +1,29 @@
+"""Helpers shared by the test suites: real services on loopback and the scaled time unit."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+TIME_SCALE_ENV = "SWITCHBOARD_TEST_TIME_SCALE"
+
+
+def time_unit() -> float:
+    """The factor that sizes every test timeout (env SWITCHBOARD_TEST_TIME_SCALE, default 1.0).
+
+    Raise it on slow machines (CI under load, sanitizers) instead of editing timeouts.
+    """
+    raw = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if not raw:
+        return 1.0
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"{TIME_SCALE_ENV} must be positive, got {raw!r}")
+    return value
+
+
+def free_port() -> int:
+    """A loopback TCP port with nothing listening on it right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
