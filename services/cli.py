@@ -44,7 +44,7 @@ async def _run_grpc_tier(role: str, settings: Settings) -> None:
     if role == "router":
         from services.router.server import serve
     else:
-        from services.history.server import serve  # type: ignore[assignment]
+        from services.history.server import serve
     await serve(settings, stop)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -18,6 +19,14 @@ from services.common.telemetry import configure_logging
 from services.edge.app import create_app
 from services.history.server import running as running_history
 from services.router.server import running as running_router
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal capture: this process's stop event ends every server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _settings(node_id: str, port: int) -> Settings:
@@ -39,16 +48,14 @@ async def run_single_process(edges: int, routers: int, port: int) -> int:
             config = uvicorn.Config(create_app(s), host=s.host, port=s.port, ws="websockets-sansio",
                                     ws_max_size=s.max_frame_bytes, lifespan="on",
                                     log_config=None, access_log=False)
-            server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-            servers.append(server)
-        tasks = [asyncio.create_task(s.serve()) for s in servers]
+            servers.append(_EmbeddedServer(config))
+        tasks = [asyncio.create_task(server.serve()) for server in servers]
         token = mint_token(DEV_JWT_SECRET, "dev-user", scopes=["publish"], ttl_s=24 * 3600)
         for i in range(edges):
             print(f"  edge:  ws://127.0.0.1:{port + i}/api/ws/chat/{{session_id}}", flush=True)
         print(f"  token: {token}\nCtrl-C stops.", flush=True)
         await stop.wait()
-        for s in servers:
-            s.should_exit = True
+        for server in servers:
+            server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
     return 0

@@ -7,6 +7,7 @@ credential, and tries a second node on UNAVAILABLE (appends are idempotent by ev
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -59,15 +60,17 @@ class HistoryClient:
 
     async def append(self, channel: str, events: Sequence[hpb.Event]) -> hpb.AppendResponse:
         request = hpb.AppendRequest(channel=channel, events=events)
-        return await self._call("Append", request)  # type: ignore[no-any-return]
+        response: hpb.AppendResponse = await self._call("Append", request)
+        return response
 
     async def read(self, channel: str, since_offset: int, *, epoch: str = "", limit: int = 0,
                    latest: bool = False) -> hpb.ReadResponse:
         request = hpb.ReadRequest(channel=channel, since_offset=since_offset, epoch=epoch,
                                   limit=limit, latest=latest)
-        return await self._call("Read", request)  # type: ignore[no-any-return]
+        response: hpb.ReadResponse = await self._call("Read", request)
+        return response
 
-    async def _call(self, method: str, request: object) -> object:
+    async def _call(self, method: str, request: object) -> Any:
         last: aio.AioRpcError | None = None
         for ch in self._channels_in_turn():
             try:
@@ -101,4 +104,4 @@ class HistoryClient:
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
         for ch in channels.values():
-            await ch.close()
+            await ch.close(None)

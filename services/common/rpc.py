@@ -36,7 +36,7 @@ def credential_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((AUTH_HEADER, f"Bearer {token}"),)
 
 
-class ServiceTokenInterceptor(aio.ServerInterceptor):
+class ServiceTokenInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Rejects calls without the shared service credential (health checks are exempt)."""
 
     def __init__(self, token: str) -> None:
@@ -53,9 +53,9 @@ class ServiceTokenInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
         if method.startswith("/grpc.health.v1.Health/"):
             return await continuation(handler_call_details)

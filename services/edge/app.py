@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> Starlette:
             await backend.aclose()
             log.info("edge_stopped", node_id=settings.node_id)
 
-    routes = []
+    routes: list[Route | WebSocketRoute] = []
     for prefix in ("", "/api"):
         routes += [
             WebSocketRoute(prefix + "/ws/chat/{session_id}", chat_endpoint),

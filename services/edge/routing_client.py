@@ -18,6 +18,7 @@ from collections.abc import Callable
 import grpc
 import structlog
 from grpc import aio
+from grpc.aio import EOF  # type: ignore[attr-defined]
 
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
@@ -84,11 +85,11 @@ class RouterLink:
                 cap = min(self._pool.reconnect_max_s, 0.05 * 2 ** min(attempt, 8))
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter
         finally:
-            await channel.close()
+            await channel.close(None)
 
     async def _session(self, channel: aio.Channel) -> None:
         stub = pb_grpc.RouterStub(channel)
-        call = stub.Connect(metadata=self._pool.metadata)
+        call = stub.Connect(metadata=self._pool.metadata)  # type: ignore[call-arg]
         await call.write(pb.EdgeMessage(hello=pb.Hello(edge_id=self._pool.edge_id)))
         attached = self._pool.channels_on(self.router_id)
         if attached:
@@ -100,9 +101,9 @@ class RouterLink:
         try:
             while True:
                 message = await call.read()
-                if message is aio.EOF:
+                if message is EOF:
                     return
-                self._dispatch(message)
+                self._dispatch(message)  # type: ignore[arg-type]
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, aio.AioRpcError):

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import structlog
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as pb_grpc
 from services.common.membership import LeaseKeeper
@@ -33,7 +34,7 @@ SERVICE_NAME = "switchboard.history.v1.History"
 class RunningHistory:
     server: aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
 
 
 @contextlib.asynccontextmanager
@@ -48,7 +49,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningHistory]:
             HistoryServicer(store, HistoryMetrics(registry), read_limit=settings.history_read_limit),
             server,
         )
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         await server.start()

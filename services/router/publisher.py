@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
@@ -90,7 +91,12 @@ class Publisher:
 
     async def publish(self, request: pb.PublishRequest) -> pb.PublishAck:
         fut: asyncio.Future[pb.PublishAck] = asyncio.get_running_loop().create_future()
-        self.submit(request, lambda ack: fut.done() or fut.set_result(ack))
+
+        def resolve(ack: pb.PublishAck) -> None:
+            if not fut.done():
+                fut.set_result(ack)
+
+        self.submit(request, resolve)
         return await fut
 
     # ---- owner path ------------------------------------------------------------------------
@@ -175,8 +181,8 @@ class Publisher:
         ack.request_id = request.request_id
         done(ack)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -191,4 +197,4 @@ class Publisher:
                 await task
         channels, self._peer_channels = self._peer_channels, {}
         for ch in channels.values():
-            await ch.close()
+            await ch.close(None)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import structlog
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.history_client import HistoryClient
@@ -60,7 +61,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
     pb_grpc.add_RouterServicer_to_server(
         RouterServicer(ownership, publisher, metrics, link_queue_max=settings.router_link_queue_max),
         server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     address = f"{settings.advertise_host or settings.host}:{port}"

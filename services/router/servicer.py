@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import structlog
 from grpc import aio
+from grpc.aio import EOF  # type: ignore[attr-defined]
 
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
@@ -25,9 +26,11 @@ class RouterServicer(pb_grpc.RouterServicer):
         self._m = metrics
         self._link_queue_max = link_queue_max
 
-    async def Connect(self, request_iterator: object, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
+    async def Connect(  # type: ignore[override]
+        self, request_iterator: object, context: aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> None:
         first = await context.read()
-        if first is aio.EOF or not first.HasField("hello") or not first.hello.edge_id:
+        if first is EOF or not first.HasField("hello") or not first.hello.edge_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
         link = EdgeLink(first.hello.edge_id, self._link_queue_max)
         previous = self._own.links.get(link.edge_id)
@@ -50,7 +53,7 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def _read(self, link: EdgeLink, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
         while True:
             message = await context.read()
-            if message is aio.EOF:
+            if message is EOF:
                 return
             await self._handle(link, message)
 
@@ -64,7 +67,10 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def _handle(self, link: EdgeLink, message: pb.EdgeMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "publish":
-            self._pub.submit(message.publish, lambda ack: link.send(pb.RouterMessage(ack=ack)))
+            def reply(ack: pb.PublishAck) -> None:
+                link.send(pb.RouterMessage(ack=ack))
+
+            self._pub.submit(message.publish, reply)
         elif kind == "attach":
             await self._own.attach(link, list(message.attach.channels))
         elif kind == "detach":

@@ -57,7 +57,8 @@ async def test_auth_failures(cluster, bystander, sid, tu, case, close_code, erro
     frames = {
         "garbage token": json.dumps({"token": "not-a-jwt"}),
         "expired token": json.dumps({"token": _expired(cluster, sid)}),
-        "wrong signature": json.dumps({"token": jwt.encode({"sub": "x", "sessions": [sid]}, "wrong-secret-of-32-bytes-or-more!!")}),
+        "wrong signature": json.dumps({"token": jwt.encode({"sub": "x", "sessions": [sid]},
+                                                           "wrong-secret-of-32-bytes-or-more!!")}),
         "forbidden session": json.dumps({"token": token_for(cluster, "outsider", ["elsewhere"])}),
         "malformed auth frame": "{token:",
         "not an auth frame": json.dumps({"type": "chat_message", "payload": {"content": "hi"}}),

@@ -3,6 +3,6 @@ HTTP publisher for backend services."""
 
 from switchboard_client.client import ClientClosedError, SwitchboardClient
 from switchboard_client.close_codes import should_reconnect
-from switchboard_client.publisher import PublishError, Publisher
+from switchboard_client.publisher import Publisher, PublishError
 
 __all__ = ["ClientClosedError", "PublishError", "Publisher", "SwitchboardClient", "should_reconnect"]
