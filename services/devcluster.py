@@ -151,7 +151,8 @@ class DevCluster:
             raise RuntimeError("no redis-server or valkey-server on PATH")
         port = free_port()
         assert self.workdir is not None
-        argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+        # A save point makes SIGTERM write the data file, so a graceful restart keeps the data.
+        argv = [binary, "--port", str(port), "--bind", HOST, "--save", "3600 1", "--appendonly", "no",
                 "--dir", str(self.workdir), "--dbfilename", "store.rdb", "--daemonize", "no",
                 "--protected-mode", "yes", "--loglevel", "warning"]
         self.redis = Proc("store", "store", argv, dict(os.environ), port,
@@ -190,6 +191,32 @@ class DevCluster:
                  for i in range(self.edges)]
         for p in edges:
             self.wait_ready(p, timeout_s)
+
+    def restart(self, proc: Proc, *, kill: bool = False, wait: bool = True) -> Proc:
+        """Stop (SIGTERM, or SIGKILL with kill=True) and start the same node on the same port."""
+        proc.kill() if kill else proc.stop()
+        self.procs.remove(proc)
+        new = self.spawn(proc.role, port=proc.port, node_id=proc.name)
+        if wait:
+            self.wait_ready(new)
+        return new
+
+    def stop_store(self, *, save: bool) -> None:
+        """Stop the store; with save=True it writes its data first (SIGTERM with a save point)."""
+        assert self.redis is not None and self.workdir is not None
+        if save:
+            self.redis.stop()
+        else:
+            self.redis.kill()
+            (self.workdir / "store.rdb").unlink(missing_ok=True)
+
+    def start_store_again(self) -> None:
+        """Start the store on its old port, loading its data file if one was saved."""
+        assert self.redis is not None
+        port = self.redis.port
+        self.redis = Proc("store", "store", self.redis.argv, self.redis.env, port,
+                          self.redis.log_path).start()
+        wait_until(lambda: tcp_open(port), 10, "redis-server", self.redis.popen)
 
     def by_role(self, role: str) -> list[Proc]:
         return [p for p in self.procs if p.role == role and p.alive]

@@ -62,16 +62,18 @@ def create_app(settings: Settings) -> Starlette:
         hub_ref: list[Hub] = []
         pool = RouterPool(settings.node_id, service_token=settings.service_token,
                           on_delivery=lambda d: hub_ref[0].on_delivery(d),
+                          on_attached=lambda channels: hub_ref[0].resync(channels),
                           queue_max=settings.edge_link_queue_max,
                           reconnect_max_s=settings.router_reconnect_max_s,
                           publish_timeout_s=settings.publish_timeout_s)
-        hub = Hub(pool, history, metrics, pending_max=settings.edge_link_queue_max)
+        hub = Hub(pool, history, metrics, pending_max=settings.edge_link_queue_max,
+                  attach_timeout_s=settings.rpc_timeout_s)
         hub_ref.append(hub)
         routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
                                 on_change=pool.set_routers)
         lease = LeaseKeeper(members, "edge", settings.node_id, settings.advertised,
                             ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
-        ctx = EdgeContext(settings, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
+        ctx = EdgeContext(settings, routers, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
                                                   allow_any_session=settings.allow_any_session),
                           pool, history, hub, metrics, registry)
         try:
@@ -271,12 +273,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """200 only when a router stream is up and a history node answers its health check."""
+    """200 only when a router stream is up, a history node answers its health check (which
+    follows the store) and the store answers our membership polls."""
     ctx = _ctx(request)
     routers = ctx.pool.ready()
+    store = ctx.members.healthy
     history = await ctx.history.healthy(timeout_s=1.0) if routers else False
-    ready = routers and history and not ctx.draining
-    return JSONBody({"ready": ready, "router": routers, "history": history,
+    ready = routers and history and store and not ctx.draining
+    return JSONBody({"ready": ready, "router": routers, "history": history, "store": store,
                      "draining": ctx.draining}, status_code=200 if ready else 503)
 
 

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.auth import TokenVerifier
 from services.common.history_client import HistoryClient
+from services.common.membership import MemberWatcher
 from services.common.settings import Settings
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 @dataclass
 class EdgeContext:
     settings: Settings
+    members: MemberWatcher
     verifier: TokenVerifier
     pool: RouterPool
     history: HistoryClient

@@ -38,24 +38,37 @@ class ChannelState:
     epoch: str = ""
     repairing: bool = False
     pending: list[pb.Delivery] = field(default_factory=list)
+    attached: asyncio.Future[None] | None = None
 
 
 class Hub:
     def __init__(self, pool: RouterPool, history: HistoryClient, metrics: EdgeMetrics,
-                 *, pending_max: int) -> None:
+                 *, pending_max: int, attach_timeout_s: float) -> None:
         self._pool = pool
         self._history = history
         self._m = metrics
         self._pending_max = pending_max
+        self._attach_timeout_s = attach_timeout_s
         self.channels: dict[str, ChannelState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def subscribe(self, sub: Subscriber, channel: str) -> ChannelState:
+    async def subscribe(self, sub: Subscriber, channel: str) -> ChannelState:
+        """Add a subscriber; the first one of a channel attaches it to its owner router and
+        every later one waits for that, so a subscription is live when this returns."""
         state = self.channels.get(channel)
         if state is None:
             state = self.channels[channel] = ChannelState()
-            self._pool.attach(channel)
+            state.attached = asyncio.get_running_loop().create_future()
+            state.subscribers.add(sub)
+            ok = await self._pool.attach(channel, self._attach_timeout_s)
+            if not ok:
+                log.warning("attach_timeout", channel=channel)
+            if not state.attached.done():
+                state.attached.set_result(None)
+            return state
         state.subscribers.add(sub)
+        if state.attached is not None and not state.attached.done():
+            await asyncio.shield(state.attached)
         return state
 
     def unsubscribe(self, sub: Subscriber, channels: Iterable[str]) -> None:
@@ -64,9 +77,11 @@ class Hub:
             if state is None:
                 continue
             state.subscribers.discard(sub)
-            if not state.subscribers:
+            if not state.subscribers and self.channels.get(channel) is state:
                 del self.channels[channel]
                 self._pool.detach(channel)
+                if state.attached is not None and not state.attached.done():
+                    state.attached.set_result(None)
 
     def on_delivery(self, d: pb.Delivery) -> None:
         self._m.deliveries.inc()
@@ -94,25 +109,42 @@ class Hub:
             state.last_offset = d.offset
             self._fan_out(state, d)
         else:
-            state.repairing = True
             state.pending.append(d)
-            task = asyncio.create_task(self._repair(channel, state))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_repair(channel, state)
+
+    def resync(self, channels: list[str]) -> None:
+        """After (re)attaching channels to a router: deliver from history whatever was appended
+        while this edge was not attached (a dead owner, a move), even if nothing follows it."""
+        for channel in channels:
+            state = self.channels.get(channel)
+            if state is not None and state.last_offset and not state.repairing:
+                self._start_repair(channel, state)
+
+    def _start_repair(self, channel: str, state: ChannelState) -> None:
+        state.repairing = True
+        task = asyncio.create_task(self._repair(channel, state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _repair(self, channel: str, state: ChannelState) -> None:
-        """Read the missing range from history, deliver it, then the deliveries held meanwhile."""
-        target = min(d.offset for d in state.pending) - 1
+        """Read the missing range from history, deliver it, then the deliveries held meanwhile.
+        With nothing held (a resync), read up to the channel's newest offset."""
+        target = min(d.offset for d in state.pending) - 1 if state.pending else None
         result = "ok"
         try:
-            while state.last_offset < target:
+            while target is None or state.last_offset < target:
                 got = await self._history.read(channel, state.last_offset, epoch=state.epoch,
                                                limit=REPAIR_PAGE)
-                if got.epoch_changed or not got.events:
+                if target is None and not got.epoch_changed:
+                    target = got.top_offset
+                    if state.last_offset >= target:
+                        result = "current"
+                        break
+                if got.epoch_changed or not got.events or target is None:
                     result = "incomplete"
                     break
                 for ev in got.events:
-                    if ev.offset > state.last_offset and ev.offset <= target:
+                    if state.last_offset < ev.offset <= target:
                         state.last_offset = ev.offset
                         self._fan_out(state, pb.Delivery(channel=channel, offset=ev.offset,
                                                          epoch=got.epoch, frame=ev.frame,
@@ -127,7 +159,7 @@ class Hub:
             self._m.gap_repairs.labels(result).inc()
             pending, state.pending = sorted(state.pending, key=lambda d: d.offset), []
             state.repairing = False
-            if result != "ok" and pending:
+            if result not in ("ok", "current") and pending:
                 state.last_offset = pending[0].offset - 1  # go on: the gap is reported, not hidden
             for d in pending:
                 if not state.repairing:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 import structlog
@@ -29,6 +29,7 @@ from services.edge.errors import EdgeError, PublishRejectedError, UpstreamUnavai
 
 log = structlog.get_logger("switchboard.edge")
 DeliveryHandler = Callable[[pb.Delivery], None]
+AttachHandler = Callable[[list[str]], None]
 RETRYABLE_CODES = {"unavailable", "timeout"}
 
 
@@ -96,6 +97,8 @@ class RouterLink:
             await call.write(pb.EdgeMessage(attach=pb.Attach(channels=attached)))
         self._queue = asyncio.Queue(self._pool.queue_max)
         self.connected.set()
+        if attached:
+            self._pool.on_attached(attached)
         log.info("router_stream_open", router_id=self.router_id, channels=len(attached))
         writer = asyncio.create_task(self._write(call))
         try:
@@ -118,6 +121,8 @@ class RouterLink:
     def _dispatch(self, message: pb.RouterMessage) -> None:
         if message.HasField("delivery"):
             self._pool.on_delivery(message.delivery)
+        elif message.HasField("attached"):
+            self._pool.attached(message.attached.channels)
         elif message.HasField("ack"):
             fut = self._pending.pop(message.ack.request_id, None)
             if fut is not None and not fut.done():
@@ -140,10 +145,12 @@ class RouterLink:
 
 class RouterPool:
     def __init__(self, edge_id: str, *, service_token: str, on_delivery: DeliveryHandler,
+                 on_attached: AttachHandler,
                  queue_max: int, reconnect_max_s: float, publish_timeout_s: float) -> None:
         self.edge_id = edge_id
         self.metadata = credential_metadata(service_token)
         self.on_delivery = on_delivery
+        self.on_attached = on_attached
         self.queue_max = queue_max
         self.reconnect_max_s = reconnect_max_s
         self.publish_timeout_s = publish_timeout_s
@@ -151,6 +158,7 @@ class RouterPool:
         self.assigned: dict[str, str] = {}  # channel -> router id it is attached to
         self._ids = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
+        self._attach_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # ---- membership ------------------------------------------------------------------------
 
@@ -181,7 +189,8 @@ class RouterPool:
         if old_link is not None:
             old_link.send(pb.EdgeMessage(detach=pb.Detach(channels=[channel])))
         self.assigned[channel] = new
-        self.links[new].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel])))
+        if self.links[new].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel]))):
+            self.on_attached([channel])
 
     def channels_on(self, router_id: str) -> list[str]:
         return [c for c, r in self.assigned.items() if r == router_id]
@@ -191,11 +200,34 @@ class RouterPool:
 
     # ---- channels --------------------------------------------------------------------------
 
-    def attach(self, channel: str) -> None:
+    async def attach(self, channel: str, timeout_s: float) -> bool:
+        """Attach the channel to its owner and wait until the owner holds it, so that every event
+        appended from then on reaches this edge. False on timeout (no router up): the channel
+        stays assigned and is attached as soon as its owner's stream opens."""
         owner = owner_of(channel, self.links)
         self.assigned[channel] = owner or ""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._attach_waiters.setdefault(channel, [])
+        waiters.append(fut)
         if owner is not None:
             self.links[owner].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel])))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._attach_waiters.pop(channel, None)
+
+    def attached(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            for fut in self._attach_waiters.pop(channel, ()):
+                if not fut.done():
+                    fut.set_result(None)
 
     def detach(self, channel: str) -> None:
         router_id = self.assigned.pop(channel, None)

@@ -2,8 +2,12 @@
 
 Lane 0: control replies and errors (priority 1, no offset) overtake everything.
 Lane 1: durable events, strictly FIFO so that each channel's offsets stay in order.
-Lane 2: low-priority ephemeral events (typing, progress) go last.
-The total is bounded; `push` returns False on overflow and the caller closes the connection.
+Lane 2: ephemeral events of lower priority (typing, progress) go last and are shed first.
+
+The total is bounded. When it is full, the oldest lane-2 frame is dropped to make room (an
+ephemeral event has no offset and no recovery, so dropping it loses nothing a client can ask
+for again); only when control and durable frames fill the queue does `push` return False, and
+the caller closes the connection with 4008 (the client reconnects and recovers from history).
 """
 
 from __future__ import annotations
@@ -15,20 +19,29 @@ from collections import deque
 class SendQueue:
     def __init__(self, max_items: int) -> None:
         self._lanes: tuple[deque[str], deque[str], deque[str]] = (deque(), deque(), deque())
-        self._max = max_items
+        self.max_items = max_items
         self._size = 0
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.shed = 0  # lane-2 frames dropped to make room
 
     def __len__(self) -> int:
         return self._size
 
     def push(self, frame: str, priority: int, durable: bool) -> bool:
-        if self._size >= self._max:
-            return False
         lane = 1 if durable else (0 if priority <= 1 else 2)
+        if self._size >= self.max_items:
+            if not self._lanes[2]:
+                return False
+            self._lanes[2].popleft()
+            self._size -= 1
+            self.shed += 1
         self._lanes[lane].append(frame)
         self._size += 1
         self._ready.set()
+        if self._size >= self.max_items // 2:
+            self._room.clear()
         return True
 
     async def pop(self) -> str:
@@ -36,7 +49,13 @@ class SendQueue:
             self._ready.clear()
             await self._ready.wait()
         self._size -= 1
+        if self._size < self.max_items // 2:
+            self._room.set()
         for lane in self._lanes:
             if lane:
                 return lane.popleft()
         raise AssertionError("size and lanes disagree")
+
+    async def wait_room(self) -> None:
+        """Wait until the queue is less than half full (paced producers such as a replay)."""
+        await self._room.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 import structlog
@@ -28,6 +29,16 @@ from services.edge.sendqueue import SendQueue
 log = structlog.get_logger("switchboard.edge")
 Kind = Literal["chat", "agent_status"]
 MAX_INFLIGHT_PUBLISHES = 64
+RECOVER_PAGE = 500
+
+
+@dataclass
+class Recovery:
+    channel: str
+    position: wire.RecoverPosition
+    answer: dict[str, Any]
+    page: list[hpb.StoredEvent] = field(default_factory=list)
+    more: bool = False
 
 
 class Closed(Exception):
@@ -53,6 +64,8 @@ class Session:
         self._closing: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_PUBLISHES)
+        # channel -> live frames held while the channel's missed events are replayed
+        self._recovering: dict[str, list[tuple[str, int, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -145,14 +158,18 @@ class Session:
         if self.session_id:
             available.insert(0, f"session:{self.session_id}")
         default = [available[0], f"user:{p.user_id}"] if self.kind == "chat" else available[1::-1]
-        ok, failed = self._subscribe([*default, *frame.channels])
+        # Recovered channels first: their live frames must be held before any can arrive.
+        recovery = await self._begin_recovery(frame.recover) if frame.recover else {}
+        ok, failed = await self._subscribe([*default, *frame.channels])
         reply: dict[str, Any] = {
             "success": True, "connection_id": self.connection_id, "user_id": p.user_id,
             "session_id": self.session_id, "available_channels": available,
             "subscribed_channels": ok, "failed_channels": failed or None,
             "connectionId": self.connection_id, "userId": p.user_id, "sessionId": self.session_id,
+            "recovered": {c: r.answer for c, r in recovery.items()} or None,
         }
         await self._send_now(wire.encode(reply).decode())
+        self._start_replays(recovery)
         self._push_event("connection_established", {
             "connection_id": self.connection_id, "user_id": p.user_id,
             "session_id": self.session_id, "channels": sorted(self.channels)})
@@ -189,7 +206,7 @@ class Session:
             case wire.TypingFrame():
                 await self._typing(frame)
             case wire.SubscribeFrame():
-                self._on_subscribe(frame)
+                await self._on_subscribe(frame)
             case wire.HeartbeatFrame():
                 self._push_event("connection_heartbeat", {
                     "connection_id": self.connection_id, "timestamp": wire.now_iso()})
@@ -205,7 +222,7 @@ class Session:
             case wire.HistoryFrame():
                 self._spawn(self._history(frame))
             case wire.RecoverFrame():
-                self._error("recover is not available yet on this server", "unsupported")
+                self._spawn(self._recover(frame.channels))
             case wire.PresenceFrame():
                 self._error("presence is not available yet on this server", "unsupported")
 
@@ -261,7 +278,7 @@ class Session:
         finally:
             self._inflight.release()
 
-    def _on_subscribe(self, frame: wire.SubscribeFrame) -> None:
+    async def _on_subscribe(self, frame: wire.SubscribeFrame) -> None:
         unsubscribed = []
         for name in frame.unsubscribe_channels:
             channel = normalize_channel(name)
@@ -270,15 +287,18 @@ class Session:
                 self.offsets.pop(channel, None)
                 self.ctx.hub.unsubscribe(self, [channel])
                 unsubscribed.append(name)
-        ok, failed = self._subscribe(frame.channels)
+        ok, failed = await self._subscribe(frame.channels)
         self._push_event("subscribe_response", {
             "success": not failed, "subscribed_channels": ok, "failed_channels": failed,
             "unsubscribed_channels": unsubscribed, "channels": sorted(self.channels)})
 
-    def _subscribe(self, names: list[str]) -> tuple[list[str], list[str]]:
+    async def _subscribe(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """Subscribe the channels this principal may read; returns (subscribed, failed) names.
+        Returns once every new subscription is attached upstream (live)."""
         assert self.principal is not None
         ok: list[str] = []
         failed: list[str] = []
+        new: list[str] = []
         for name in names:
             channel = normalize_channel(name)
             if channel is None or not self.principal.may_access(channel):
@@ -286,10 +306,12 @@ class Session:
                 continue
             if channel not in self.channels:
                 self.channels.add(channel)
-                state = self.ctx.hub.subscribe(self, channel)
-                self.offsets[channel] = state.last_offset
+                new.append(channel)
             if channel not in ok:
                 ok.append(channel)
+        states = await asyncio.gather(*(self.ctx.hub.subscribe(self, c) for c in new))
+        for channel, state in zip(new, states, strict=True):
+            self.offsets.setdefault(channel, state.last_offset)
         return ok, failed
 
     async def _history(self, frame: wire.HistoryFrame) -> None:
@@ -306,19 +328,101 @@ class Session:
             return
         self.push(history_frame(channel, got).decode(), 1, channel, 0)
 
+    # ---- recovery --------------------------------------------------------------------------
+
+    async def _recover(self, positions: dict[str, wire.RecoverPosition]) -> None:
+        recovery = await self._begin_recovery(positions)
+        self._push_event("recover_response", {
+            "channels": {c: r.answer for c, r in recovery.items()}})
+        self._start_replays(recovery)
+
+    async def _begin_recovery(self, positions: dict[str, wire.RecoverPosition]) -> dict[str, Recovery]:
+        """Subscribe each channel with its live frames held back, and read the first page of
+        what the client missed: that tells whether history still covers it."""
+        assert self.principal is not None
+        out: dict[str, Recovery] = {}
+        for name, pos in positions.items():
+            channel = normalize_channel(name)
+            if channel is None or not self.principal.may_access(channel):
+                out[name] = Recovery(channel or name, pos, {"recovered": False, "reason": "forbidden"})
+                continue
+            self._recovering.setdefault(channel, [])  # before subscribing: hold live frames
+            out[name] = Recovery(channel, pos, {})
+        live = [r for r in out.values() if not r.answer]
+        await self._subscribe([r.channel for r in live])
+        for r in live:
+            self.offsets[r.channel] = r.position.offset
+        await asyncio.gather(*(self._first_page(r) for r in out.values() if not r.answer))
+        return out
+
+    async def _first_page(self, r: Recovery) -> None:
+        try:
+            got = await self.ctx.history.read(r.channel, r.position.offset, epoch=r.position.epoch,
+                                              limit=RECOVER_PAGE)
+        except HistoryCallError as e:
+            r.answer = {"recovered": False, "reason": e.code}
+            return
+        ok = got.complete and not got.epoch_changed
+        r.page = list(got.events) if ok else []
+        r.more = ok and bool(got.events) and got.events[-1].offset < got.top_offset
+        r.answer = {"recovered": ok, "epoch": got.epoch, "offset": got.top_offset}
+        if not ok:
+            r.answer["reason"] = "epoch_changed" if got.epoch_changed else "trimmed"
+            self.offsets[r.channel] = 0  # the client's position means nothing now: go on live
+
+    def _start_replays(self, recovery: dict[str, Recovery]) -> None:
+        for r in recovery.values():
+            if r.channel in self._recovering:
+                self._spawn(self._replay(r))
+
+    async def _replay(self, r: Recovery) -> None:
+        """Send the missed events in order, paced by the send queue, then the live frames held
+        meanwhile (duplicates at the seam are dropped by offset)."""
+        try:
+            page, more = r.page, r.more
+            while page:
+                for ev in page:
+                    await self.queue.wait_room()
+                    self._deliver(ev.frame.decode(), ev.priority, r.channel, ev.offset)
+                if not more:
+                    break
+                got = await self.ctx.history.read(r.channel, page[-1].offset, limit=RECOVER_PAGE)
+                page = list(got.events)
+                more = bool(page) and page[-1].offset < got.top_offset
+        except HistoryCallError as e:
+            log.warning("replay_failed", channel=r.channel, error=str(e))
+        finally:
+            held = self._recovering.pop(r.channel, [])
+            for frame, priority, offset in held:
+                self._deliver(frame, priority, r.channel, offset)
+
     # ---- writing ---------------------------------------------------------------------------
 
     def push(self, frame: str, priority: int, channel: str, offset: int) -> None:
         """Queue a frame (Subscriber protocol). Drops what this client already has; a full
         queue closes the connection with 4008."""
+        if offset and channel in self._recovering:
+            held = self._recovering[channel]
+            if len(held) >= self.queue.max_items:
+                self._overflow()
+                return
+            held.append((frame, priority, offset))
+            return
+        self._deliver(frame, priority, channel, offset)
+
+    def _deliver(self, frame: str, priority: int, channel: str, offset: int) -> None:
         if offset:
             if offset <= self.offsets.get(channel, 0):
                 return
             self.offsets[channel] = offset
         if not self.queue.push(frame, priority, durable=offset > 0):
+            self._overflow()
+
+    def _overflow(self) -> None:
+        if self._closing is None:
             self.ctx.metrics.queue_overflows.inc()
             log.warning("send_queue_overflow", queued=len(self.queue))
-            self.close_with(CloseCode.SLOW_CONSUMER)
+        self.close_with(CloseCode.SLOW_CONSUMER)
 
     def _push_event(self, event_type: str, payload: dict[str, Any]) -> None:
         body = wire.encode_body(event_type, payload, session_id=self.session_id,

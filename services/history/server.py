@@ -59,17 +59,34 @@ async def running(settings: Settings) -> AsyncIterator[RunningHistory]:
         lease = LeaseKeeper(build_membership_store(backend), "history", settings.node_id, address,
                             ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
         await lease.start()
+        # Health follows the store: the lease keeper's refresh is our store probe.
+        watch = asyncio.create_task(_follow_store(lease, health_servicer, settings.lease_refresh_s))
         log.info("history_started", node_id=settings.node_id, address=address)
         try:
             with metrics_listener(settings.host, settings.metrics_port, registry):
                 yield RunningHistory(server, port, health_servicer)
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             await health_servicer.enter_graceful_shutdown()
             await lease.aclose()
             await server.stop(grace=settings.drain_grace_s)
             log.info("history_stopped", node_id=settings.node_id)
     finally:
         await backend.aclose()
+
+
+async def _follow_store(lease: LeaseKeeper, health_servicer: HealthServicer, every_s: float) -> None:
+    serving = True
+    while True:
+        await asyncio.sleep(every_s / 2)
+        if lease.healthy != serving:
+            serving = lease.healthy
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            await health_servicer.set(SERVICE_NAME, status)
+            await health_servicer.set("", status)
+            log.warning("history_health", serving=serving)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

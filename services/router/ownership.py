@@ -24,6 +24,8 @@ class Ownership:
     def __init__(self, node_id: str, store: OwnershipStore, *, refresh_s: float) -> None:
         self.node_id = node_id
         self.routers: frozenset[str] = frozenset({node_id})
+        self._members: set[str] = {node_id}
+        self.draining = False
         self.links: dict[str, EdgeLink] = {}
         self.subs: dict[str, set[str]] = {}           # channel -> edges attached here
         self._stored: dict[str, tuple[float, set[str]]] = {}  # channel -> (loaded at, edges)
@@ -31,8 +33,15 @@ class Ownership:
         self._refresh_s = refresh_s
 
     def set_routers(self, routers: set[str]) -> None:
-        self.routers = frozenset(routers | {self.node_id})
+        self._members = set(routers)
+        self.routers = frozenset(routers - {self.node_id} if self.draining and len(routers - {self.node_id})
+                                 else routers | {self.node_id})
         self._stored.clear()  # ownership may have moved: reload the stored edge sets lazily
+
+    def drain(self) -> None:
+        """Stop owning channels: publishes reaching us from now on go to the remaining routers."""
+        self.draining = True
+        self.set_routers(self._members)
 
     def owner(self, channel: str) -> str:
         return owner_of(channel, self.routers) or self.node_id

@@ -78,10 +78,14 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
         with metrics_listener(settings.host, settings.metrics_port, registry):
             yield RunningRouter(server, port, ownership)
     finally:
-        # Drain: stop being chosen (health, lease), let edges see the new owner set, finish the
-        # publishes already queued, then close streams; the store goes last.
+        # Drain: stop being chosen (health, lease) and hand channels over: we forward publishes to
+        # the new owners while edges see the new router set and re-attach (one membership poll),
+        # finish the publishes already queued, then close the streams; the store goes last.
         await health_servicer.enter_graceful_shutdown()
+        ownership.drain()
         await lease.aclose()
+        if ownership.links:
+            await asyncio.sleep(min(settings.membership_poll_s * 3, settings.drain_grace_s))
         await publisher.aclose(grace_s=settings.drain_grace_s)
         await server.stop(grace=1.0)
         await routers.aclose()

@@ -72,7 +72,9 @@ class RouterServicer(pb_grpc.RouterServicer):
 
             self._pub.submit(message.publish, reply)
         elif kind == "attach":
-            await self._own.attach(link, list(message.attach.channels))
+            channels = list(message.attach.channels)
+            await self._own.attach(link, channels)
+            link.send(pb.RouterMessage(attached=pb.Attached(channels=channels)))
         elif kind == "detach":
             await self._own.detach(link, list(message.detach.channels))
 

@@ -30,12 +30,14 @@ class ClientClosedError(Exception):
 
 class SwitchboardClient:
     def __init__(
-        self, url: str, token: str, *, session_id: str | None = None,
+        self, url: str | list[str], token: str, *, session_id: str | None = None,
         channels: list[str] | None = None, reconnect: bool = True, recover: bool = True,
         backoff_base_s: float = 0.1, backoff_max_s: float = 5.0, open_timeout_s: float = 10.0,
         queue_max: int = 1_000_000,
     ) -> None:
-        self.url = url
+        # Several URLs (edges) are tried in turn on reconnect; behind a load balancer, give one.
+        self.urls = [url] if isinstance(url, str) else list(url)
+        self._url_index = 0
         self.token = token
         self.session_id = session_id
         self.channels = list(channels or [])
@@ -154,6 +156,10 @@ class SwitchboardClient:
         self._connected.set()
         return ws, reply
 
+    @property
+    def url(self) -> str:
+        return self.urls[self._url_index % len(self.urls)]
+
     async def _run(self, ws: Any) -> None:
         attempt = 0
         while True:
@@ -165,6 +171,7 @@ class SwitchboardClient:
                 return
             while True:
                 attempt += 1
+                self._url_index += 1
                 cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempt, 10))
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter
                 try:
