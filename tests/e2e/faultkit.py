@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,12 +139,12 @@ class Scenario:
             missing = acked - set(s.seqs)
             report.lost += len(missing)
             report.duplicates += len(s.seqs) - len(set(s.seqs))
-            report.out_of_order += sum(1 for a, b in zip(s.seqs, s.seqs[1:]) if b <= a)
+            report.out_of_order += sum(1 for a, b in zip(s.seqs, s.seqs[1:], strict=False) if b <= a)
             report.delivered += len(s.seqs)
             if missing:
                 report.details.append(f"{s.session}: missing {sorted(missing)[:10]}")
         for times in self.ack_times.values():
-            gaps = [b - a for a, b in zip(times, times[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             report.max_ack_gap_s = max([report.max_ack_gap_s, *gaps])
         return report
 

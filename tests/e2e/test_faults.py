@@ -44,7 +44,7 @@ async def test_kill_edge(make_cluster, tu) -> None:
         await asyncio.sleep(1.0 * tu)
         return {"killed": victim.name}
 
-    sc, report = await _run(cluster, tu, fault, "kill-9-edge")
+    sc, _report = await _run(cluster, tu, fault, "kill-9-edge")
     reconnected = [s for s in sc.subscribers if s.client.connects > 1]
     assert reconnected, "no subscriber was on the killed edge"
 
@@ -107,7 +107,7 @@ async def test_store_restart_losing_its_data_says_recovered_false(make_cluster, 
         cluster.stop_store(save=False)
         cluster.start_store_again()
         # Force a reconnect: the client sends its positions, whose epoch no longer exists.
-        edge_of_sub = [p for p in cluster.by_role("edge") if str(p.port) in sub.client.url][0]
+        edge_of_sub = next(p for p in cluster.by_role("edge") if str(p.port) in sub.client.url)
         cluster.restart(edge_of_sub, kill=True)
         deadline = time.monotonic() + 20 * tu
         while sub.client.connects < 2 or not sub.client.unrecovered:
