@@ -100,8 +100,11 @@ class Session:
             task.cancel()
         if code != CloseCode.NORMAL or self._closing is not None:
             self.ctx.metrics.closes.labels(str(int(code))).inc()
+        # The close frame waits behind what the socket still holds: a client that resumes
+        # reading within the grace gets the code (4008 for a slow consumer); one that never
+        # reads again has its TCP connection dropped when the grace runs out (it sees 1006).
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(self.ctx.settings.drain_grace_s):
                 await self.ws.close(int(code), reason_of(code))
         structlog.contextvars.unbind_contextvars("connection_id")
 
@@ -438,6 +441,8 @@ class Session:
         try:
             while True:
                 await self._send_now(await self.queue.pop())
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the socket is gone (starlette raises RuntimeError once it is closed)
         except asyncio.CancelledError:
             if self._closing is None:
                 raise
