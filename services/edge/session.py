@@ -223,9 +223,9 @@ class Session:
                         self.ctx.metrics.messages_in.labels("invalid").inc()
                         self._error(str(e), e.code)
             case wire.HistoryFrame():
-                self._spawn(self._history(frame))
+                await self._history(frame)  # inline: one read at a time per connection
             case wire.RecoverFrame():
-                self._spawn(self._recover(frame.channels))
+                await self._recover(frame.channels)
             case wire.PresenceFrame():
                 self._error("presence is not available yet on this server", "unsupported")
 
@@ -349,7 +349,10 @@ class Session:
             if channel is None or not self.principal.may_access(channel):
                 out[name] = Recovery(channel or name, pos, {"recovered": False, "reason": "forbidden"})
                 continue
-            self._recovering.setdefault(channel, [])  # before subscribing: hold live frames
+            if channel in self._recovering:
+                out[name] = Recovery(channel, pos, {"recovered": False, "reason": "in_progress"})
+                continue
+            self._recovering[channel] = []  # before subscribing: hold live frames
             out[name] = Recovery(channel, pos, {})
         live = [r for r in out.values() if not r.answer]
         await self._subscribe([r.channel for r in live])
@@ -375,7 +378,7 @@ class Session:
 
     def _start_replays(self, recovery: dict[str, Recovery]) -> None:
         for r in recovery.values():
-            if r.channel in self._recovering:
+            if r.answer.get("reason") not in ("forbidden", "in_progress"):
                 self._spawn(self._replay(r))
 
     async def _replay(self, r: Recovery) -> None:
