@@ -14,6 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from services.common.store.base import MembershipStore, StoreError
+from services.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchboard.membership")
 
@@ -51,9 +52,7 @@ class LeaseKeeper:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         with contextlib.suppress(StoreError, TimeoutError):
             async with asyncio.timeout(2.0):
                 await asyncio.shield(self._store.deregister(self.role, self.node_id))
@@ -106,7 +105,4 @@ class MemberWatcher:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)

@@ -8,6 +8,15 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel an owned background task and wait until it has finished."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def first_completed(*coros: Coroutine[Any, Any, None]) -> None:
     """Run the coroutines as tasks; when one ends (or raises), cancel and await the others.
     The first task's exception, if any, is re-raised; cancellation passes through."""

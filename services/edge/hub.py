@@ -9,7 +9,6 @@ offsets get a complete, ordered stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,6 +17,7 @@ import structlog
 
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.history_client import HistoryCallError, HistoryClient
+from services.common.tasks import cancel_and_wait
 from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
 
@@ -159,8 +159,11 @@ class Hub:
             self._m.gap_repairs.labels(result).inc()
             pending, state.pending = sorted(state.pending, key=lambda d: d.offset), []
             state.repairing = False
-            if result not in ("ok", "current") and pending:
-                state.last_offset = pending[0].offset - 1  # go on: the gap is reported, not hidden
+            ahead = [d.offset for d in pending if d.offset > state.last_offset]
+            if result not in ("ok", "current") and ahead:
+                # Go on from the first held delivery not yet delivered: the gap is reported, not
+                # hidden. (From a late duplicate held meanwhile, it would be delivered again.)
+                state.last_offset = ahead[0] - 1
             for d in pending:
                 if not state.repairing:
                     self._in_order(channel, state, d)
@@ -174,6 +177,4 @@ class Hub:
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

@@ -25,6 +25,7 @@ from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.rpc import credential_metadata, insecure_channel
 from services.common.sharding import owner_of
+from services.common.tasks import cancel_and_wait
 from services.edge.errors import EdgeError, PublishRejectedError, UpstreamUnavailableError
 
 log = structlog.get_logger("switchboard.edge")
@@ -137,10 +138,7 @@ class RouterLink:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
 
 class RouterPool:

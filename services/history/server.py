@@ -23,6 +23,7 @@ from services.common.store.factory import (
     open_backend,
     stream_limits,
 )
+from services.common.tasks import cancel_and_wait
 from services.common.telemetry import new_registry
 from services.history.servicer import HistoryMetrics, HistoryServicer
 
@@ -66,9 +67,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningHistory]:
             with metrics_listener(settings.host, settings.metrics_port, registry):
                 yield RunningHistory(server, port, health_servicer)
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            await cancel_and_wait(watch)
             await health_servicer.enter_graceful_shutdown()
             await lease.aclose()
             await server.stop(grace=settings.drain_grace_s)

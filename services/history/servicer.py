@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc import aio
@@ -38,6 +40,18 @@ class HistoryServicer(pb_grpc.HistoryServicer):
         self._m = metrics
         self._read_limit = read_limit
 
+    @contextlib.asynccontextmanager
+    async def _store_errors(self, context: aio.ServicerContext) -> AsyncIterator[None]:  # type: ignore[type-arg]
+        """Store errors become gRPC status codes: unavailable is retryable, anything else is not."""
+        try:
+            yield
+        except StoreUnavailableError as e:
+            self._m.errors.labels("store_unavailable").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except StoreError as e:
+            self._m.errors.labels("store_error").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+
     async def Append(self, request: pb.AppendRequest, context: aio.ServicerContext) -> pb.AppendResponse:  # type: ignore[type-arg]
         events = request.events
         if not request.channel or not events or len(events) > MAX_EVENTS_PER_APPEND:
@@ -48,18 +62,12 @@ class HistoryServicer(pb_grpc.HistoryServicer):
                 self._m.errors.labels("invalid").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "each event needs an id and a JSON object body")
         start = time.perf_counter()
-        try:
+        async with self._store_errors(context):
             result = await self._store.append(
                 request.channel,
                 [NewEvent(ev.id, ev.body, ev.priority or 1) for ev in events],
                 new_epoch=secrets.token_hex(4),
             )
-        except StoreUnavailableError as e:
-            self._m.errors.labels("store_unavailable").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        except StoreError as e:
-            self._m.errors.labels("store_error").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
         self._m.append_seconds.observe(time.perf_counter() - start)
         dups = sum(result.duplicates)
         self._m.appended.inc(len(events) - dups)
@@ -73,15 +81,9 @@ class HistoryServicer(pb_grpc.HistoryServicer):
     async def Read(self, request: pb.ReadRequest, context: aio.ServicerContext) -> pb.ReadResponse:  # type: ignore[type-arg]
         limit = min(request.limit or self._read_limit, self._read_limit)
         self._m.reads.inc()
-        try:
+        async with self._store_errors(context):
             got = await self._store.read(request.channel, request.since_offset, limit,
                                          latest=request.latest)
-        except StoreUnavailableError as e:
-            self._m.errors.labels("store_unavailable").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        except StoreError as e:
-            self._m.errors.labels("store_error").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
         epoch_changed = bool(request.epoch) and request.epoch != got.epoch
         # Complete: nothing between since_offset and the first returned event was trimmed away.
         covered = got.first_offset == 0 and request.since_offset >= got.top_offset
