@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     # rpc
     rpc_timeout_s: float = 5.0
     publish_timeout_s: float = 5.0
+    forward_timeout_s: float = 1.0  # router -> owner; past it the forwarding router takes the publish
     router_reconnect_max_s: float = 2.0
 
     # history

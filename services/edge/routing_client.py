@@ -236,20 +236,24 @@ class RouterPool:
     # ---- publish ---------------------------------------------------------------------------
 
     async def publish(self, channel: str, event: hpb.Event, *, ephemeral: bool = False) -> pb.PublishAck:
-        """Publish and wait for the ack; retried on unavailability until the deadline.
-        Raises UpstreamUnavailableError or PublishRejectedError."""
+        """Publish and wait for the ack, retried until the publish deadline: on a lost stream or
+        an unavailable answer, and on a router that does not answer within a third of the deadline
+        (stalled), which is then avoided. Retries carry the same event id, so they are stored
+        once. Raises UpstreamUnavailableError or PublishRejectedError."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout_s
+        attempt_s = max(self.publish_timeout_s / 3, 0.5)
         attempt = 0
+        avoid: set[str] = set()
         last: EdgeError = UpstreamUnavailableError("no router available")
         while (remaining := deadline - loop.time()) > 0:
-            link = self._pick(channel, attempt)
+            link = self._pick(channel, attempt, avoid)
             if link is not None:
                 request = pb.PublishRequest(request_id=next(self._ids), channel=channel,
                                             event=event, ephemeral=ephemeral)
                 fut = link.publish(request)
                 try:
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout(min(remaining, attempt_s)):
                         ack = await fut
                     if not ack.error_code:
                         return ack
@@ -260,7 +264,8 @@ class RouterPool:
                     last = e
                 except TimeoutError:
                     link.forget(request.request_id)
-                    break
+                    avoid.add(link.router_id)
+                    last = UpstreamUnavailableError(f"router {link.router_id} did not answer in time")
             if ephemeral:
                 break
             attempt += 1
@@ -268,12 +273,16 @@ class RouterPool:
         raise last if isinstance(last, PublishRejectedError) else UpstreamUnavailableError(
             f"publish not acknowledged: {last}")
 
-    def _pick(self, channel: str, attempt: int) -> RouterLink | None:
+    def _pick(self, channel: str, attempt: int, avoid: set[str]) -> RouterLink | None:
+        """The owner's stream while it is up; else any other connected router, which forwards to
+        the owner or takes the publish itself when the owner is unreachable."""
         owner = owner_of(channel, self.links)
-        if owner is not None and self.links[owner].connected.is_set() and attempt < 2:
+        if (owner is not None and owner not in avoid and self.links[owner].connected.is_set()
+                and attempt < 2):
             return self.links[owner]
         up = [link for link in self.links.values() if link.connected.is_set()]
-        return random.choice(up) if up else None
+        preferred = [link for link in up if link.router_id not in avoid]
+        return random.choice(preferred or up) if up else None
 
     async def aclose(self) -> None:
         links, self.links = self.links, {}

@@ -21,7 +21,7 @@ from services.common.auth import AuthError, Principal, normalize_channel, valid_
 from services.common.close_codes import CloseCode, reason_of
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.history_client import HistoryCallError
-from services.common.tasks import first_completed
+from services.common.tasks import cancel_and_wait, first_completed
 from services.edge.context import EdgeContext
 from services.edge.errors import EdgeError
 from services.edge.sendqueue import SendQueue
@@ -97,7 +97,7 @@ class Session:
         self.ctx.sessions.discard(self)
         self.ctx.metrics.connected(len(self.ctx.sessions))
         for task in list(self._tasks):
-            task.cancel()
+            await cancel_and_wait(task)
         if code != CloseCode.NORMAL or self._closing is not None:
             self.ctx.metrics.closes.labels(str(int(code))).inc()
         # The close frame waits behind what the socket still holds: a client that resumes

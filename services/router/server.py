@@ -54,7 +54,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
     history = HistoryClient(histories, service_token=settings.service_token,
                             timeout_s=settings.rpc_timeout_s)
     publisher = Publisher(ownership, history, routers, metrics,
-                          service_token=settings.service_token, timeout_s=settings.rpc_timeout_s,
+                          service_token=settings.service_token, timeout_s=settings.forward_timeout_s,
                           batch_max=settings.publish_batch_max,
                           pipeline_max=settings.router_link_queue_max)
     server = new_server(settings.service_token)

@@ -7,6 +7,7 @@ Each test prints one line `FAULT scenario=… published=… delivered=… lost=�
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 from tests.e2e.faultkit import Scenario
@@ -143,3 +144,29 @@ async def test_sigterm_router_hands_channels_over(make_cluster, tu) -> None:
         return {"drained": victim.name, "exit_s": round(time.monotonic() - started, 2)}
 
     await _run(cluster, tu, fault, "sigterm-router")
+
+
+async def test_router_stalls_then_resumes(make_cluster, tu) -> None:
+    cluster = make_cluster(edges=2, routers=3)
+
+    async def fault(sc):
+        victim = cluster.by_role("router")[1]
+        victim.signal(signal.SIGSTOP)
+        await asyncio.sleep(3.0 * tu)
+        victim.signal(signal.SIGCONT)
+        return {"stalled": victim.name, "stall_s": 3.0}
+
+    await _run(cluster, tu, fault, "sigstop-router-3s", per_session=300)
+
+
+async def test_history_stalls_then_resumes(make_cluster, tu) -> None:
+    cluster = make_cluster(edges=2, routers=2)
+
+    async def fault(sc):
+        history = cluster.by_role("history")[0]
+        history.signal(signal.SIGSTOP)
+        await asyncio.sleep(3.0 * tu)
+        history.signal(signal.SIGCONT)
+        return {"stalled": history.name, "stall_s": 3.0}
+
+    await _run(cluster, tu, fault, "sigstop-history-3s")
