@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # edge
     max_frame_bytes: int = 64 * 1024
-    send_queue_max: int = 1_000
+    send_queue_max: int = Field(default=1_000, ge=2)
     edge_link_queue_max: int = 10_000
     ping_interval_s: float = 20.0
     drain_grace_s: float = 5.0

@@ -38,6 +38,8 @@ class ChannelState:
     epoch: str = ""
     repairing: bool = False
     pending: list[pb.Delivery] = field(default_factory=list)
+    resync: bool = False       # read up to the newest offset once the running repair is done
+    overflowed: bool = False   # deliveries were dropped while repairing (pending was full)
     attached: asyncio.Future[None] | None = None
 
 
@@ -94,6 +96,9 @@ class Hub:
         if state.repairing:
             if len(state.pending) < self._pending_max:
                 state.pending.append(d)
+            else:  # bounded: what is dropped here is read from history by the next repair
+                state.overflowed = True
+                self._m.repair_overflow.inc()
             return
         self._in_order(d.channel, state, d)
 
@@ -117,7 +122,11 @@ class Hub:
         while this edge was not attached (a dead owner, a move), even if nothing follows it."""
         for channel in channels:
             state = self.channels.get(channel)
-            if state is not None and state.last_offset and not state.repairing:
+            if state is None or not state.last_offset:
+                continue
+            if state.repairing:
+                state.resync = True  # the running repair stops at its target: go on after it
+            else:
                 self._start_repair(channel, state)
 
     def _start_repair(self, channel: str, state: ChannelState) -> None:
@@ -155,20 +164,32 @@ class Hub:
         except HistoryCallError as e:
             result = "failed"
             log.warning("gap_repair_failed", channel=channel, error=str(e))
+        except asyncio.CancelledError:
+            result = "cancelled"  # shutting down: hand nothing on, start nothing new
+            raise
         finally:
             self._m.gap_repairs.labels(result).inc()
-            pending, state.pending = sorted(state.pending, key=lambda d: d.offset), []
-            state.repairing = False
-            ahead = [d.offset for d in pending if d.offset > state.last_offset]
-            if result not in ("ok", "current") and ahead:
-                # Go on from the first held delivery not yet delivered: the gap is reported, not
-                # hidden. (From a late duplicate held meanwhile, it would be delivered again.)
-                state.last_offset = ahead[0] - 1
-            for d in pending:
-                if not state.repairing:
-                    self._in_order(channel, state, d)
-                else:
-                    state.pending.append(d)
+            if result != "cancelled":
+                self._after_repair(channel, state, result)
+
+    def _after_repair(self, channel: str, state: ChannelState, result: str) -> None:
+        """Hand on the deliveries held during a repair, then catch up once more if a resync was
+        asked for meanwhile or held deliveries were dropped."""
+        pending, state.pending = sorted(state.pending, key=lambda d: d.offset), []
+        state.repairing = False
+        ahead = [d.offset for d in pending if d.offset > state.last_offset]
+        if result not in ("ok", "current") and ahead:
+            # Go on from the first held delivery not yet delivered: the gap is reported, not
+            # hidden. (From a late duplicate held meanwhile, it would be delivered again.)
+            state.last_offset = ahead[0] - 1
+        for d in pending:
+            if not state.repairing:
+                self._in_order(channel, state, d)
+            else:
+                state.pending.append(d)
+        if (state.resync or state.overflowed) and not state.repairing and result != "failed":
+            state.resync = state.overflowed = False
+            self._start_repair(channel, state)
 
     def _fan_out(self, state: ChannelState, d: pb.Delivery) -> None:
         frame = d.frame.decode()  # once per event, shared by every subscriber

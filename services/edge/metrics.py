@@ -32,6 +32,9 @@ class EdgeMetrics:
                                   registry=registry)
         self.gap_repairs = Counter("edge_gap_repairs_total", "Offset gaps repaired from history",
                                    ["result"], registry=registry)
+        self.repair_overflow = Counter("edge_repair_overflow_total",
+                                       "Deliveries dropped while a gap repair held too many (read again from history)",
+                                       registry=registry)
         self.queue_overflows = Counter("edge_send_queue_overflows_total",
                                        "Connections closed because their send queue was full",
                                        registry=registry)

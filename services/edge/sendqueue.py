@@ -20,6 +20,7 @@ class SendQueue:
     def __init__(self, max_items: int) -> None:
         self._lanes: tuple[deque[str], deque[str], deque[str]] = (deque(), deque(), deque())
         self.max_items = max_items
+        self._half = max(1, max_items // 2)
         self._size = 0
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -33,6 +34,9 @@ class SendQueue:
         lane = 1 if durable else (0 if priority <= 1 else 2)
         if self._size >= self.max_items:
             if not self._lanes[2]:
+                if lane == 2:  # a full queue of what matters: this typing indicator goes
+                    self.shed += 1
+                    return True
                 return False
             self._lanes[2].popleft()
             self._size -= 1
@@ -40,7 +44,7 @@ class SendQueue:
         self._lanes[lane].append(frame)
         self._size += 1
         self._ready.set()
-        if self._size >= self.max_items // 2:
+        if self._size >= self._half:
             self._room.clear()
         return True
 
@@ -49,7 +53,7 @@ class SendQueue:
             self._ready.clear()
             await self._ready.wait()
         self._size -= 1
-        if self._size < self.max_items // 2:
+        if self._size < self._half:
             self._room.set()
         for lane in self._lanes:
             if lane:

@@ -106,7 +106,9 @@ async def rpc_error(call: Awaitable[object]) -> aio.AioRpcError:
 
 async def wait_status(h: HistoryUnderTest, wanted: int, timeout_s: float) -> None:
     async with asyncio.timeout(timeout_s):
-        while await h.status() != wanted or await h.status(SERVICE_NAME) != wanted:
+        while True:
+            if await h.status() == wanted and await h.status(SERVICE_NAME) == wanted:
+                return
             await asyncio.sleep(0.02)
 
 
@@ -193,7 +195,8 @@ async def test_health_check_needs_no_credential(start_history: StartHistory) -> 
 
 async def test_read_returns_sealed_frames(start_history: StartHistory) -> None:
     h = await start_history()
-    appended = await h.append("session:s1", event("e1", "one"), event("e2", "two", priority=3))
+    first = event("e1", "one")
+    appended = await h.append("session:s1", first, event("e2", "two", priority=3))
     got = await h.read("session:s1")
     assert got.epoch == appended.epoch
     assert (got.top_offset, got.first_offset) == (2, 1)
@@ -204,7 +207,7 @@ async def test_read_returns_sealed_frames(start_history: StartHistory) -> None:
     assert [f["payload"]["content"] for f in frames] == ["one", "two"]
     assert [e.priority for e in got.events] == [1, 3]  # 0 on append means 1
     # The frame is the body with offset and epoch spliced in, byte for byte.
-    assert got.events[0].frame == wire.seal(event("e1", "one").body, 1, got.epoch)
+    assert got.events[0].frame == wire.seal(first.body, 1, got.epoch)
 
 
 async def test_read_since_limit_and_latest(start_history: StartHistory) -> None:
@@ -295,16 +298,19 @@ async def test_shutdown_goes_not_serving_first_and_drops_the_lease(
 ) -> None:
     h = await start_history()  # stays up: a second server on the same store is the one stopped
     store = memory_backend(h.settings.store_url)
-    stack = contextlib.AsyncExitStack()
-    other = await stack.enter_async_context(running(h.settings.model_copy(update={"node_id": "h2"})))
-    assert set(store.members["history"]) == {h.settings.node_id, "h2"}
-    async with insecure_channel(f"127.0.0.1:{other.port}") as channel:
+    async with contextlib.AsyncExitStack() as stack:  # closes everything if a check fails
+        server_stack = contextlib.AsyncExitStack()
+        stack.push_async_callback(server_stack.aclose)  # idempotent
+        other = await server_stack.enter_async_context(
+            running(h.settings.model_copy(update={"node_id": "h2"})))
+        assert set(store.members["history"]) == {h.settings.node_id, "h2"}
+        channel = await stack.enter_async_context(insecure_channel(f"127.0.0.1:{other.port}"))
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10.0 * tu)
+        stack.callback(watch.cancel)
         assert (await watch.read()).status == SERVING
-        stopping = asyncio.create_task(stack.aclose())
+        stopping = asyncio.create_task(server_stack.aclose())  # the server's shutdown, as on SIGTERM
         assert (await asyncio.wait_for(watch.read(), 5.0 * tu)).status == NOT_SERVING
         await asyncio.wait_for(stopping, 5.0 * tu)
-        watch.cancel()
     assert set(store.members["history"]) == {h.settings.node_id}  # dropped at once, not on expiry
     assert await h.status() == SERVING

@@ -79,7 +79,7 @@ async def test_pop_waits_for_a_push() -> None:
 # ---- the bound and shedding -----------------------------------------------------------------
 
 
-async def test_full_of_control_and_durable_frames_refuses_every_push() -> None:
+async def test_full_of_control_and_durable_frames_refuses_them_and_sheds_ephemeral() -> None:
     q = SendQueue(4)
     assert durable(q, "d1")
     assert control(q, "c1")
@@ -88,9 +88,9 @@ async def test_full_of_control_and_durable_frames_refuses_every_push() -> None:
     assert len(q) == 4
     assert not durable(q, "d4")
     assert not control(q, "c2")
-    assert not ephemeral(q, "typing")
+    assert ephemeral(q, "typing")  # accepted and dropped: a typing indicator never closes a connection
     assert len(q) == 4
-    assert q.shed == 0
+    assert q.shed == 1
     assert await drain(q) == ["c1", "d1", "d2", "d3"]
 
 
