@@ -257,11 +257,8 @@ async def stats(request: Request) -> Response:
         "routers_connected": sum(1 for link in ctx.pool.links.values() if link.connected.is_set()),
         "closes_by_code": {s.labels["code"]: s.value for metric in m.closes.collect()
                            for s in metric.samples if s.name.endswith("_total")},
-        "uptime_s": round(time.monotonic() - _STARTED, 3),
+        "uptime_s": round(time.monotonic() - ctx.started, 3),
     })
-
-
-_STARTED = time.monotonic()
 
 
 async def metrics_endpoint(request: Request) -> Response:

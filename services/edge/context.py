@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,4 +31,5 @@ class EdgeContext:
     metrics: EdgeMetrics
     registry: CollectorRegistry
     sessions: set[Session] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)
     draining: bool = False
