@@ -227,7 +227,9 @@ async def case(cluster: DevCluster, *, slow: int, messages: int, size: int, ahea
 
 def run_case(args: argparse.Namespace, slow: int, label: str) -> dict[str, Any]:
     workdir = args.workdir / label if args.workdir else None
-    cluster = DevCluster(edges=1, routers=1, port=0, workdir=workdir)
+    # The publisher sends far above the per-connection client rate limit on purpose.
+    cluster = DevCluster(edges=1, routers=1, port=0, workdir=workdir,
+                         env={"SWITCHBOARD_CLIENT_RATE_PER_S": "1000000", "SWITCHBOARD_CLIENT_BURST": "1000000"})
     print(f"{label}: {slow} slow readers; logs in {cluster.workdir}; load {loadavg()}", flush=True)
     try:
         cluster.start()

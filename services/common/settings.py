@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # edge
     max_frame_bytes: int = 64 * 1024
     send_queue_max: int = Field(default=1_000, ge=2)
+    client_rate_per_s: float = 100.0  # client messages per second, per connection (batch items count)
+    client_burst: int = 1_000         # saved-up allowance; past it frames are refused, then 4029
     edge_link_queue_max: int = 10_000
     ping_interval_s: float = 20.0
     drain_grace_s: float = 5.0

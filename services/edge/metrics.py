@@ -35,6 +35,9 @@ class EdgeMetrics:
         self.repair_overflow = Counter("edge_repair_overflow_total",
                                        "Deliveries dropped while a gap repair held too many (read again from history)",
                                        registry=registry)
+        self.rate_limited = Counter("edge_rate_limited_total",
+                                    "Client messages refused by the per-connection rate limit",
+                                    registry=registry)
         self.queue_overflows = Counter("edge_send_queue_overflows_total",
                                        "Connections closed because their send queue was full",
                                        registry=registry)

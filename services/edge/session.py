@@ -24,6 +24,7 @@ from services.common.history_client import HistoryCallError
 from services.common.tasks import cancel_and_wait, first_completed
 from services.edge.context import EdgeContext
 from services.edge.errors import EdgeError
+from services.edge.ratelimit import TokenBucket
 from services.edge.sendqueue import SendQueue
 
 log = structlog.get_logger("switchboard.edge")
@@ -39,6 +40,10 @@ class Recovery:
     answer: dict[str, Any]
     page: list[hpb.StoredEvent] = field(default_factory=list)
     more: bool = False
+
+
+class _Dropped(Exception):
+    """A frame refused by the rate limit after the client was already told once."""
 
 
 class Closed(Exception):
@@ -67,6 +72,8 @@ class Session:
         # channel -> live frames held while the channel's missed events are replayed
         self._recovering: dict[str, list[tuple[str, int, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bucket = TokenBucket(ctx.settings.client_rate_per_s, ctx.settings.client_burst)
+        self._refused = 0  # frames refused by the rate limit since the last accepted one
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -196,11 +203,14 @@ class Session:
                 raise Closed(CloseCode.MESSAGE_TOO_BIG)
             try:
                 await self._handle(wire.load_json_object(text), nested=False)
+            except _Dropped:
+                continue
             except wire.ProtocolError as e:
                 self.ctx.metrics.messages_in.labels("invalid").inc()
                 self._error(str(e), e.code)
 
     async def _handle(self, obj: dict[str, Any], *, nested: bool) -> None:
+        self._rate_limit()
         frame = wire.parse_frame(obj)
         self.ctx.metrics.messages_in.labels(frame.type).inc()
         match frame:
@@ -219,6 +229,8 @@ class Session:
                 for item in frame.messages:
                     try:
                         await self._handle(item, nested=True)
+                    except _Dropped:
+                        continue
                     except wire.ProtocolError as e:
                         self.ctx.metrics.messages_in.labels("invalid").inc()
                         self._error(str(e), e.code)
@@ -228,6 +240,20 @@ class Session:
                 await self._recover(frame.channels)
             case wire.PresenceFrame():
                 self._error("presence is not available yet on this server", "unsupported")
+
+    def _rate_limit(self) -> None:
+        """Refuse a message over the allowance with an error event; a client that keeps sending
+        through a whole burst's worth of refusals is closed with 4029 (it reconnects later)."""
+        if self._bucket.take():
+            self._refused = 0
+            return
+        self._refused += 1
+        self.ctx.metrics.rate_limited.inc()
+        if self._refused > self.ctx.settings.client_burst:
+            raise Closed(CloseCode.RATE_LIMITED)
+        if self._refused == 1:
+            raise wire.ProtocolError("rate limit exceeded: message dropped", "rate_limited")
+        raise _Dropped
 
     def _target_channel(self, requested: str | None) -> str:
         channel = normalize_channel(requested) if requested else (

@@ -18,7 +18,10 @@ ClientFactory = Callable[..., "AsyncIterator[SwitchboardClient]"]
 
 def _cluster(tmp: Path, **kw: object) -> DevCluster:
     env = {"SWITCHBOARD_LOG_JSON": "true", "SWITCHBOARD_AUTH_TIMEOUT_S": "2",
-           "SWITCHBOARD_ALLOW_ANY_SESSION": "false"}
+           "SWITCHBOARD_ALLOW_ANY_SESSION": "false",
+           # Tests that push thousands of messages from one client are not about the rate limit;
+           # test_rate_limit.py runs with real limits.
+           "SWITCHBOARD_CLIENT_RATE_PER_S": "1000000", "SWITCHBOARD_CLIENT_BURST": "1000000"}
     env.update(kw.pop("env", {}))  # type: ignore[arg-type]
     return DevCluster(port=0, workdir=tmp, env=env, **kw)  # type: ignore[arg-type]
 
