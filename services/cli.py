@@ -25,16 +25,9 @@ def _settings(**overrides: Any) -> Settings:
 def _run_edge(settings: Settings) -> None:
     import uvicorn
 
-    from services.edge.app import create_app
+    from services.edge.app import server_config
 
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ping_interval_s,
-        ws_ping_timeout=settings.ping_interval_s, lifespan="on", log_config=None,
-        access_log=False, timeout_graceful_shutdown=int(settings.drain_grace_s) or 1,
-        proxy_headers=True,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(server_config(settings)).run()
 
 
 async def _run_grpc_tier(role: str, settings: Settings) -> None:
@@ -99,7 +92,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from services.devcluster import DevCluster, find_redis
+    from services.devcluster import DevCluster, find_redis, print_banner
 
     if args.store is None and find_redis() is None:
         print("no redis-server or valkey-server on PATH: running every tier in this process "
@@ -122,8 +115,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         cluster.start()
-        _print_banner(cluster.edge_urls(), cluster.store_url or "", cluster.jwt_secret,
-                      str(cluster.workdir))
+        print_banner(cluster.edge_urls(), cluster.store_url or "", cluster.jwt_secret,
+                     str(cluster.workdir))
         while all(p.alive for p in cluster.procs):
             time.sleep(0.5)
         dead = [p.name for p in cluster.procs if not p.alive]
@@ -136,17 +129,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         cluster.stop()
-
-
-def _print_banner(edge_urls: list[str], store: str, secret: str, logs: str) -> None:
-    token = mint_token(secret, "dev-user", scopes=["publish"], ttl_s=24 * 3600)
-    lines = ["", "Switchboard dev cluster is up.", f"  store:  {store}"]
-    lines += [f"  edge:   {u}/api/ws/chat/{{session_id}}   ({u.replace('ws://', 'http://')})"
-              for u in edge_urls]
-    lines += [f"  logs:   {logs}", f"  token:  {token}",
-              "  (user dev-user, any session, publish scope, valid 24 h; development secret)",
-              "Ctrl-C stops every process.", ""]
-    print("\n".join(lines), flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

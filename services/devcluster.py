@@ -58,6 +58,20 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def print_banner(edge_urls: list[str], store: str, secret: str, logs: str) -> None:
+    """What `switchboard dev` prints once the cluster is up: where to connect, and a token."""
+    from services.common.auth import mint_token
+
+    token = mint_token(secret, "dev-user", scopes=["publish"], ttl_s=24 * 3600)
+    lines = ["", "Switchboard dev cluster is up.", f"  store:  {store}"]
+    lines += [f"  edge:   {u}/api/ws/chat/{{session_id}}   ({u.replace('ws://', 'http://')})"
+              for u in edge_urls]
+    lines += [f"  logs:   {logs}", f"  token:  {token}",
+              "  (user dev-user, any session, publish scope, valid 24 h; development secret)",
+              "Ctrl-C stops every process.", ""]
+    print("\n".join(lines), flush=True)
+
+
 def find_redis() -> str | None:
     return shutil.which("redis-server") or shutil.which("valkey-server")
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from services.common.auth import mint_token
 from services.common.process import stop_event_on_signals
 from services.common.settings import DEV_JWT_SECRET, DEV_SERVICE_TOKEN, Settings
 from services.common.telemetry import configure_logging
-from services.edge.app import create_app
+from services.devcluster import print_banner
+from services.edge.app import server_config
 from services.history.server import running as running_history
 from services.router.server import running as running_router
 
@@ -45,15 +45,10 @@ async def run_single_process(edges: int, routers: int, port: int) -> int:
         servers = []
         for i in range(edges):
             s = _settings(f"edge-{i + 1}", port + i)
-            config = uvicorn.Config(create_app(s), host=s.host, port=s.port, ws="websockets-sansio",
-                                    ws_max_size=s.max_frame_bytes, lifespan="on",
-                                    log_config=None, access_log=False)
-            servers.append(_EmbeddedServer(config))
+            servers.append(_EmbeddedServer(server_config(s)))
         tasks = [asyncio.create_task(server.serve()) for server in servers]
-        token = mint_token(DEV_JWT_SECRET, "dev-user", scopes=["publish"], ttl_s=24 * 3600)
-        for i in range(edges):
-            print(f"  edge:  ws://127.0.0.1:{port + i}/api/ws/chat/{{session_id}}", flush=True)
-        print(f"  token: {token}\nCtrl-C stops.", flush=True)
+        print_banner([f"ws://127.0.0.1:{port + i}" for i in range(edges)],
+                     "memory://dev (in this process)", DEV_JWT_SECRET, "stderr of this process")
         await stop.wait()
         for server in servers:
             server.should_exit = True

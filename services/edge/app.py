@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import structlog
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -45,6 +46,17 @@ class JSONBody(Response):
 
 def _error(status: int, code: str, message: str) -> JSONBody:
     return JSONBody({"error": message, "code": code}, status_code=status)
+
+
+def server_config(settings: Settings) -> uvicorn.Config:
+    """The one uvicorn configuration of an edge, whether it runs alone or beside other tiers."""
+    return uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ping_interval_s,
+        ws_ping_timeout=settings.ping_interval_s, lifespan="on", log_config=None,
+        access_log=False, timeout_graceful_shutdown=int(settings.drain_grace_s) or 1,
+        proxy_headers=True,
+    )
 
 
 def create_app(settings: Settings) -> Starlette:
