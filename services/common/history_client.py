@@ -13,6 +13,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.errors import ErrorCode
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as hpb_grpc
 from services.common.membership import MemberWatcher
@@ -23,17 +24,23 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 
 
 class HistoryCallError(Exception):
-    """Root of history call errors; `code` is the machine-readable reason."""
+    """Root of history call errors; `code` is an ErrorCode value."""
 
-    code = "internal"
+    code: str = ErrorCode.INTERNAL
 
 
 class HistoryUnavailableError(HistoryCallError):
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE
+
+
+class HistoryBusyError(HistoryCallError):
+    """History answered, but its store pool stayed full: retry (another node shares the store)."""
+
+    code = ErrorCode.BUSY
 
 
 class HistoryInvalidError(HistoryCallError):
-    code = "invalid"
+    code = ErrorCode.INVALID
 
 
 class HistoryClient:
@@ -79,6 +86,8 @@ class HistoryClient:
             except aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise HistoryInvalidError(e.details() or "invalid request") from e
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise HistoryBusyError(e.details() or "history store busy") from e
                 if e.code() not in RETRYABLE:
                     raise HistoryCallError(e.details() or e.code().name) from e
                 last = e

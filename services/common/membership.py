@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import structlog
 
-from services.common.store.base import MembershipStore, StoreError
+from services.common.store.base import MembershipStore, StoreBusyError, StoreError
 from services.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchboard.membership")
@@ -38,6 +38,8 @@ class LeaseKeeper:
             if not self.healthy:
                 log.info("lease_acquired", role=self.role, node_id=self.node_id)
             self.healthy = True
+        except StoreBusyError:
+            log.info("lease_refresh_busy", role=self.role)  # the store is up: health unchanged
         except (StoreError, TimeoutError) as e:
             if self.healthy:
                 log.warning("lease_refresh_failed", role=self.role, error=str(e))
@@ -79,6 +81,8 @@ class MemberWatcher:
             async with asyncio.timeout(max(self._poll_s * 4, 2.0)):
                 current = await self._store.members(self.role)
             self.healthy = True
+        except StoreBusyError:
+            return  # the store is up but this process's pool was full: keep the last view
         except (StoreError, TimeoutError) as e:
             if self.healthy:
                 log.warning("membership_poll_failed", role=self.role, error=str(e))

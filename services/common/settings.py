@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     key_prefix: str = "sb"
     store_timeout_s: float = 2.0
     store_max_connections: int = 64
+    store_pool_wait_s: float = 2.0  # a call waits this long for a pooled connection, then "busy"
 
     # auth
     jwt_secret: str = ""

@@ -182,8 +182,7 @@ async def publish(request: Request) -> Response:
             ack = await ctx.pool.publish(channel, event, ephemeral=ephemeral)
     except EdgeError as e:
         m.publishes.labels("http", e.code).inc()
-        status = 400 if e.code == "invalid" else 503
-        return _error(status, e.code, str(e))
+        return _error(e.http_status, e.code, str(e))
     m.publishes.labels("http", "ok").inc()
     if ephemeral:
         return JSONBody({"id": event.id, "delivered": True})

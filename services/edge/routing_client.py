@@ -20,18 +20,23 @@ import structlog
 from grpc import aio
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
+from services.common.errors import is_retryable
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.rpc import credential_metadata, insecure_channel
 from services.common.sharding import owner_of
 from services.common.tasks import cancel_and_wait
-from services.edge.errors import EdgeError, PublishRejectedError, UpstreamUnavailableError
+from services.edge.errors import (
+    EdgeError,
+    PublishRejectedError,
+    PublishTimeoutError,
+    UpstreamUnavailableError,
+)
 
 log = structlog.get_logger("switchboard.edge")
 DeliveryHandler = Callable[[pb.Delivery], None]
 AttachHandler = Callable[[list[str]], None]
-RETRYABLE_CODES = {"unavailable", "timeout"}
 
 
 class RouterLink:
@@ -236,10 +241,11 @@ class RouterPool:
     # ---- publish ---------------------------------------------------------------------------
 
     async def publish(self, channel: str, event: hpb.Event, *, ephemeral: bool = False) -> pb.PublishAck:
-        """Publish and wait for the ack, retried until the publish deadline: on a lost stream or
-        an unavailable answer, and on a router that does not answer within a third of the deadline
-        (stalled), which is then avoided. Retries carry the same event id, so they are stored
-        once. Raises UpstreamUnavailableError or PublishRejectedError."""
+        """Publish and wait for the ack, retried until the publish deadline: on a lost stream, on
+        an answer whose code is retryable (common/errors.py: unavailable, busy, overloaded), and on
+        a router that does not answer within a third of the deadline (stalled), which is then
+        avoided. Retries carry the same event id, so they are stored once. Raises
+        PublishRejectedError (its code), PublishTimeoutError or UpstreamUnavailableError."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout_s
         attempt_s = max(self.publish_timeout_s / 3, 0.5)
@@ -258,20 +264,21 @@ class RouterPool:
                     if not ack.error_code:
                         return ack
                     last = PublishRejectedError(ack.error_code, ack.error_message)
-                    if ack.error_code not in RETRYABLE_CODES or ephemeral:
+                    if not is_retryable(ack.error_code) or ephemeral:
                         raise last
                 except UpstreamUnavailableError as e:
                     last = e
                 except TimeoutError:
                     link.forget(request.request_id)
                     avoid.add(link.router_id)
-                    last = UpstreamUnavailableError(f"router {link.router_id} did not answer in time")
+                    last = PublishTimeoutError(f"router {link.router_id} did not answer in time")
             if ephemeral:
                 break
             attempt += 1
             await asyncio.sleep(min(0.05 * 2 ** attempt, 0.5, max(deadline - loop.time(), 0)))
-        raise last if isinstance(last, PublishRejectedError) else UpstreamUnavailableError(
-            f"publish not acknowledged: {last}")
+        if isinstance(last, PublishRejectedError | PublishTimeoutError):
+            raise last
+        raise UpstreamUnavailableError(f"publish not acknowledged: {last}")
 
     def _pick(self, channel: str, attempt: int, avoid: set[str]) -> RouterLink | None:
         """The owner's stream while it is up; else any other connected router, which forwards to

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
@@ -29,7 +30,7 @@ from services.edge.sendqueue import SendQueue
 
 log = structlog.get_logger("switchboard.edge")
 Kind = Literal["chat", "agent_status"]
-MAX_INFLIGHT_PUBLISHES = 64
+MAX_INFLIGHT_PUBLISHES = 64  # a connection's publishes queued or in flight
 RECOVER_PAGE = 500
 
 
@@ -69,6 +70,8 @@ class Session:
         self._closing: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_PUBLISHES)
+        self._outbox: deque[tuple[str, hpb.Event]] = deque()  # durable publishes, in send order
+        self._sender: asyncio.Task[None] | None = None
         # channel -> live frames held while the channel's missed events are replayed
         self._recovering: dict[str, list[tuple[str, int, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -287,10 +290,27 @@ class Session:
                                 session_id=channel.partition(":")[2],
                                 user_id=self.principal.user_id)
         event = hpb.Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
-        # Bounded in-flight publishes per connection: the reader waits here when the bound is
-        # reached, which is back-pressure on a flooding client instead of unbounded tasks.
+        # Bounded publishes per connection: the reader waits here when the bound is reached,
+        # which is back-pressure on a flooding client instead of unbounded tasks.
         await self._inflight.acquire()
-        self._spawn(self._await_publish(channel, event, ephemeral))
+        if ephemeral:  # typing indicators: no order, no retry
+            self._spawn(self._await_publish(channel, event, ephemeral))
+            return
+        self._outbox.append((channel, event))
+        if self._sender is None:
+            self._sender = self._spawn(self._send_in_order())
+
+    async def _send_in_order(self) -> None:
+        """Durable publishes of a connection go one at a time, in the order the client sent
+        them: a publish being retried (same id) is never overtaken by a later one, so one
+        connection's messages are stored in order, retries included."""
+        try:
+            while self._outbox:
+                channel, event = self._outbox[0]
+                await self._await_publish(channel, event, ephemeral=False)
+                self._outbox.popleft()
+        finally:
+            self._sender = None
 
     async def _await_publish(self, channel: str, event: hpb.Event, ephemeral: bool) -> None:
         m = self.ctx.metrics
@@ -303,7 +323,7 @@ class Session:
             if not ephemeral:
                 self._push_event("connection_error", {
                     "code": e.code, "message": f"message not stored: {e}",
-                    "message_id": event.id, "retryable": e.code in ("unavailable", "overloaded")})
+                    "message_id": event.id, "retryable": e.retryable})
         finally:
             self._inflight.release()
 
@@ -482,10 +502,11 @@ class Session:
         self.ctx.metrics.messages_out.inc()
         self.ctx.metrics.bytes_out.inc(len(text))
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def history_frame(channel: str, got: hpb.ReadResponse) -> bytes:

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from services.common import wire
 from services.common.grpc_gen.history.v1 import history_pb2 as pb
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as pb_grpc
-from services.common.store.base import StoreError, StoreUnavailableError
+from services.common.store.base import StoreBusyError, StoreError, StoreUnavailableError
 from services.history.store.base import NewEvent, StreamStore
 
 MAX_EVENTS_PER_APPEND = 1_000
@@ -42,9 +42,13 @@ class HistoryServicer(pb_grpc.HistoryServicer):
 
     @contextlib.asynccontextmanager
     async def _store_errors(self, context: aio.ServicerContext) -> AsyncIterator[None]:  # type: ignore[type-arg]
-        """Store errors become gRPC status codes: unavailable is retryable, anything else is not."""
+        """Store errors become gRPC status codes: unavailable and busy are retryable (busy is
+        RESOURCE_EXHAUSTED: the store is up, this node's pool was full), anything else is not."""
         try:
             yield
+        except StoreBusyError as e:
+            self._m.errors.labels("store_busy").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except StoreUnavailableError as e:
             self._m.errors.labels("store_unavailable").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))

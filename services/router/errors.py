@@ -1,11 +1,18 @@
 """The router's exceptions: one root, specific subclasses."""
 
 
-class RouterError(Exception):
-    """Root of router errors. `code` is what an ack carries to the edge."""
+from services.common.errors import ErrorCode
 
-    code = "internal"
+
+class RouterError(Exception):
+    """Root of router errors. `code` (an ErrorCode value) is what an ack carries to the edge."""
+
+    code: str = ErrorCode.INTERNAL
+
+
+class InvalidPublishError(RouterError):
+    code = ErrorCode.INVALID
 
 
 class OverloadedError(RouterError):
-    code = "overloaded"
+    code = ErrorCode.OVERLOADED

@@ -24,7 +24,7 @@ from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import MemberWatcher
 from services.common.rpc import credential_metadata, insecure_channel
-from services.router.errors import OverloadedError, RouterError
+from services.router.errors import InvalidPublishError, OverloadedError, RouterError
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
 
@@ -66,7 +66,7 @@ class Publisher:
         """Publish; `done(ack)` is called exactly once, from the event loop."""
         if not wire.valid_body(request.event.body) or not request.channel:
             self._m.publishes.labels("invalid").inc()
-            done(error_ack(request, RouterError("event body must be a JSON object")))
+            done(error_ack(request, InvalidPublishError("event body must be a JSON object")))
             return
         if not self._own.owns(request.channel) and request.hops < MAX_HOPS:
             self._spawn(self._forward(request, done))

@@ -20,6 +20,11 @@ class StoreUnavailableError(StoreError):
     """The store could not be reached or did not answer in time; the operation may be retried."""
 
 
+class StoreBusyError(StoreError):
+    """Every pooled connection stayed busy for the bounded pool wait: the store is up but this
+    process has more calls in flight than connections. Retry; never report it as an outage."""
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Key layout: every key carries the prefix; per-channel keys share a `{channel}` hash tag."""

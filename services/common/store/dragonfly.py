@@ -15,10 +15,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.store.base import Keys, StoreError, StoreUnavailableError
+from services.common.store.base import Keys, StoreBusyError, StoreError, StoreUnavailableError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -26,21 +26,31 @@ T = TypeVar("T")
 LUA_DIR = Path(__file__).parent / "lua"
 
 
-def open_redis(url: str, *, timeout_s: float, max_connections: int) -> aioredis.Redis:
+def open_redis(url: str, *, timeout_s: float, max_connections: int, pool_wait_s: float) -> aioredis.Redis:
     # socket_timeout must exceed any blocking command we issue (we issue none); the pool is
     # sized explicitly rather than inheriting redis-py's default cap (see shared/bench RESULTS).
+    # A blocking pool: when every connection is in use a call waits up to pool_wait_s for one
+    # (then StoreBusyError), instead of failing at once as if the store were down.
     # RESP2: with redis-py 8.1's default RESP3, "auto" maintenance notifications make the pool
     # skip its stale-connection check (redis/redis-py#4252, fixed by #4260), so after a store
     # restart every pooled connection failed once. We use nothing RESP3 offers.
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         protocol=2,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         max_connections=max_connections,
+        timeout=pool_wait_s,
         health_check_interval=30,
         retry_on_timeout=False,
     )
+    return aioredis.Redis.from_pool(pool)
+
+
+def _pool_exhausted(e: RedisConnectionError) -> bool:
+    # BlockingConnectionPool raises a plain ConnectionError from the wait's TimeoutError.
+    return isinstance(e, MaxConnectionsError) or (
+        str(e) == "No connection available." and isinstance(e.__cause__, TimeoutError))
 
 
 def translate_errors(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -48,7 +58,11 @@ def translate_errors(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Cor
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as e:
+        except RedisConnectionError as e:
+            if _pool_exhausted(e):
+                raise StoreBusyError("store busy: no pooled connection within the wait") from e
+            raise StoreUnavailableError(f"store unavailable: {type(e).__name__}") from e
+        except (RedisTimeoutError, OSError, TimeoutError) as e:
             raise StoreUnavailableError(f"store unavailable: {type(e).__name__}") from e
         except RedisError as e:
             if "LOADING" in str(e) or "BUSY" in str(e):

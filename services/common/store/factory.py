@@ -39,7 +39,8 @@ def open_backend(settings: Settings) -> Backend:
         from services.common.store.dragonfly import open_redis
 
         client = open_redis(url, timeout_s=settings.store_timeout_s,
-                            max_connections=settings.store_max_connections)
+                            max_connections=settings.store_max_connections,
+                            pool_wait_s=settings.store_pool_wait_s)
         return Backend(url, keys, redis=client)
     raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]}")
 

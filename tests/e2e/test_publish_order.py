@@ -1,0 +1,84 @@
+"""One sender's messages are stored in the order it sent them, even when publishes fail and are
+retried while many more from the same connection are waiting.
+
+The bug this guards against: with many appends in flight, history's store pool ran out, the
+failure was reported as "store unavailable", the edge retried that publish, and by then later
+publishes of the same connection had been stored: the retry landed behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from services.devcluster import DevCluster
+from tests.e2e.conftest import chat_url, collect, token_for
+
+
+def _log_lines(cluster: DevCluster, role: str, *needles: str) -> int:
+    assert cluster.workdir is not None
+    return sum(1 for path in Path(cluster.workdir).glob(f"{role}-*.log")
+               for line in path.read_text(errors="replace").splitlines()
+               if all(n in line for n in needles))
+
+
+async def _send_and_check(cluster: DevCluster, clients, tu: float, *, senders: int, per_sender: int,
+                          fault=None) -> None:
+    """Each sender pipelines its messages into its own session (they wait on the edge, not on
+    the client); every message must come back exactly once, in send order, with no error."""
+    sessions = [f"order-{i}" for i in range(senders)]
+    conns = []
+    for i, sid in enumerate(sessions):
+        c = clients(chat_url(cluster, i % 2, sid), token_for(cluster, f"sender-{i}", [sid]),
+                    session_id=sid)
+        await c.connect()
+        conns.append(c)
+
+    async def send_all(i: int) -> None:
+        for n in range(per_sender):
+            await conns[i].chat(f"{i}:{n}", message_id=f"m-{i}-{n}")
+
+    sending = asyncio.gather(*(send_all(i) for i in range(senders)))
+    if fault is not None:
+        await fault()
+    await sending
+    for i, c in enumerate(conns):
+        events = await collect(c, per_sender, {"chat_message", "connection_error"}, 30 * tu)
+        errors = [e for e in events if e["type"] == "connection_error"]
+        assert not errors, f"sender {i} got {errors[:2]}"
+        contents = [e["payload"]["content"] for e in events]
+        assert contents == [f"{i}:{n}" for n in range(per_sender)], f"sender {i} out of order"
+        offsets = [e["offset"] for e in events]
+        assert offsets == list(range(offsets[0], offsets[0] + per_sender)), "gap or duplicate"
+
+
+async def test_busy_store_pool_keeps_each_senders_order(make_cluster, clients, tu) -> None:
+    # Two pooled connections and a 1 ms wait: with 24 sessions appending at once, history's
+    # pool is exhausted over and over, so appends fail as "busy" and are retried.
+    cluster = make_cluster(env={"SWITCHBOARD_STORE_MAX_CONNECTIONS": "2",
+                                "SWITCHBOARD_STORE_POOL_WAIT_S": "0.001"})
+    await _send_and_check(cluster, clients, tu, senders=24, per_sender=40)
+    busy = _log_lines(cluster, "router", "append_failed", "busy")
+    assert busy > 0, "the store pool never ran out: the test proved nothing"
+    assert _log_lines(cluster, "history", "history_health", "false") == 0, \
+        "a busy pool was reported as a store outage"
+
+
+async def test_stalled_history_keeps_each_senders_order(make_cluster, clients, tu) -> None:
+    # History stops answering for 2.5 s while messages are waiting. Appends have a 1 s deadline,
+    # so the router fails the ones in flight as "unavailable" and the edge retries them; the
+    # messages behind them must wait for them, not overtake them.
+    cluster = make_cluster(env={"SWITCHBOARD_RPC_TIMEOUT_S": "1"})
+    history = cluster.by_role("history")[0]
+
+    async def stall() -> None:
+        await asyncio.sleep(0.05 * tu)
+        history.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(2.5)
+        finally:
+            history.signal(signal.SIGCONT)
+
+    await _send_and_check(cluster, clients, tu, senders=4, per_sender=150, fault=stall)
+    assert _log_lines(cluster, "router", "append_failed") > 0, "no append failed: the test proved nothing"
