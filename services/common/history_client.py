@@ -70,6 +70,16 @@ class HistoryClient:
         response: hpb.AppendResponse = await self._call("Append", request)
         return response
 
+    async def append_batch(
+        self, appends: Sequence[tuple[str, Sequence[hpb.Event]]],
+    ) -> list[hpb.AppendResponse | HistoryCallError]:
+        """Append to several channels in one call: one slot per channel, in order, with its
+        response or its own error. Raises HistoryCallError when the call fails as a whole."""
+        request = hpb.AppendBatchRequest(
+            appends=[hpb.AppendRequest(channel=c, events=evs) for c, evs in appends])
+        response: hpb.AppendBatchResponse = await self._call("AppendBatch", request)
+        return [_outcome(o) for o in response.results]
+
     async def read(self, channel: str, since_offset: int, *, epoch: str = "", limit: int = 0,
                    latest: bool = False) -> hpb.ReadResponse:
         request = hpb.ReadRequest(channel=channel, since_offset=since_offset, epoch=epoch,
@@ -114,3 +124,14 @@ class HistoryClient:
         channels, self._channels = self._channels, {}
         for ch in channels.values():
             await ch.close(None)
+
+
+def _outcome(o: hpb.AppendOutcome) -> hpb.AppendResponse | HistoryCallError:
+    if not o.error_code:
+        return o.response
+    error_type = _ERRORS_BY_CODE.get(o.error_code, HistoryCallError)
+    return error_type(o.error_message or o.error_code)
+
+
+_ERRORS_BY_CODE: dict[str, type[HistoryCallError]] = {
+    cls.code: cls for cls in (HistoryUnavailableError, HistoryBusyError, HistoryInvalidError)}

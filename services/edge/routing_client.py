@@ -20,6 +20,7 @@ import structlog
 from grpc import aio
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
+from services.common.batching import take_batch
 from services.common.errors import is_retryable
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
@@ -46,7 +47,7 @@ class RouterLink:
         self.router_id = router_id
         self.address = address
         self._pool = pool
-        self._queue: asyncio.Queue[pb.EdgeMessage] = asyncio.Queue(pool.queue_max)
+        self._queue: asyncio.Queue[pb.EdgeMessage | None] = asyncio.Queue(pool.queue_max)
         self._pending: dict[int, asyncio.Future[pb.PublishAck]] = {}
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,11 +122,17 @@ class RouterLink:
 
     async def _write(self, call: aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
         while True:
-            message = await self._queue.get()
-            await call.write(message)
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch, _ = take_batch(self._queue, first, _size_of)
+            await call.write(batch[0] if len(batch) == 1 else pb.EdgeMessage(batch=pb.EdgeBatch(messages=batch)))
 
     def _dispatch(self, message: pb.RouterMessage) -> None:
-        if message.HasField("delivery"):
+        if message.HasField("batch"):
+            for m in message.batch.messages:
+                self._dispatch(m)
+        elif message.HasField("delivery"):
             self._pool.on_delivery(message.delivery)
         elif message.HasField("attached"):
             self._pool.attached(message.attached.channels)
@@ -144,6 +151,10 @@ class RouterLink:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
+
+
+def _size_of(message: pb.EdgeMessage) -> int:
+    return len(message.publish.event.body) + 64
 
 
 class RouterPool:

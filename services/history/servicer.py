@@ -12,10 +12,11 @@ from grpc import aio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common import wire
+from services.common.errors import ErrorCode
 from services.common.grpc_gen.history.v1 import history_pb2 as pb
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as pb_grpc
 from services.common.store.base import StoreBusyError, StoreError, StoreUnavailableError
-from services.history.store.base import NewEvent, StreamStore
+from services.history.store.base import AppendResult, NewEvent, StreamStore
 
 MAX_EVENTS_PER_APPEND = 1_000
 MAX_ID_LEN = 128
@@ -57,24 +58,49 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             await context.abort(grpc.StatusCode.INTERNAL, str(e))
 
     async def Append(self, request: pb.AppendRequest, context: aio.ServicerContext) -> pb.AppendResponse:  # type: ignore[type-arg]
-        events = request.events
-        if not request.channel or not events or len(events) > MAX_EVENTS_PER_APPEND:
+        invalid = _invalid(request)
+        if invalid:
             self._m.errors.labels("invalid").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "channel and 1..1000 events required")
-        for ev in events:
-            if not ev.id or len(ev.id) > MAX_ID_LEN or not wire.valid_body(ev.body):
-                self._m.errors.labels("invalid").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "each event needs an id and a JSON object body")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid)
         start = time.perf_counter()
         async with self._store_errors(context):
-            result = await self._store.append(
-                request.channel,
-                [NewEvent(ev.id, ev.body, ev.priority or 1) for ev in events],
-                new_epoch=secrets.token_hex(4),
-            )
+            result = await self._store.append(request.channel, _new_events(request),
+                                              new_epoch=secrets.token_hex(4))
         self._m.append_seconds.observe(time.perf_counter() - start)
+        return self._response(result)
+
+    async def AppendBatch(self, request: pb.AppendBatchRequest, context: aio.ServicerContext) -> pb.AppendBatchResponse:  # type: ignore[type-arg]
+        """Several channels in one store round trip; an invalid or failed channel gets its own
+        error outcome and does not fail the others."""
+        outcomes = [pb.AppendOutcome() for _ in request.appends]
+        valid: list[int] = []
+        for i, append in enumerate(request.appends):
+            invalid = _invalid(append)
+            if invalid:
+                self._m.errors.labels("invalid").inc()
+                outcomes[i].error_code, outcomes[i].error_message = ErrorCode.INVALID, invalid
+            else:
+                valid.append(i)
+        if valid:
+            start = time.perf_counter()
+            async with self._store_errors(context):
+                results = await self._store.append_many(
+                    [(request.appends[i].channel, _new_events(request.appends[i])) for i in valid],
+                    new_epoch=secrets.token_hex(4))
+            self._m.append_seconds.observe(time.perf_counter() - start)
+            for i, result in zip(valid, results, strict=True):
+                if isinstance(result, StoreError):
+                    self._m.errors.labels("store_error").inc()
+                    outcomes[i].error_code = (ErrorCode.UNAVAILABLE if isinstance(result, StoreUnavailableError)
+                                              else ErrorCode.INTERNAL)
+                    outcomes[i].error_message = str(result)
+                else:
+                    outcomes[i].response.CopyFrom(self._response(result))
+        return pb.AppendBatchResponse(results=outcomes)
+
+    def _response(self, result: AppendResult) -> pb.AppendResponse:
         dups = sum(result.duplicates)
-        self._m.appended.inc(len(events) - dups)
+        self._m.appended.inc(len(result.offsets) - dups)
         self._m.duplicates.inc(dups)
         return pb.AppendResponse(
             epoch=result.epoch,
@@ -102,3 +128,17 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             events=[pb.StoredEvent(offset=e.offset, frame=wire.seal(e.body, e.offset, got.epoch),
                                    priority=e.priority) for e in got.events],
         )
+
+
+def _invalid(request: pb.AppendRequest) -> str:
+    """Why an append cannot be stored, or "" when it can."""
+    if not request.channel or not request.events or len(request.events) > MAX_EVENTS_PER_APPEND:
+        return "channel and 1..1000 events required"
+    for ev in request.events:
+        if not ev.id or len(ev.id) > MAX_ID_LEN or not wire.valid_body(ev.body):
+            return "each event needs an id and a JSON object body"
+    return ""
+
+
+def _new_events(request: pb.AppendRequest) -> list[NewEvent]:
+    return [NewEvent(ev.id, ev.body, ev.priority or 1) for ev in request.events]

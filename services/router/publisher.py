@@ -24,12 +24,14 @@ from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import MemberWatcher
 from services.common.rpc import credential_metadata, insecure_channel
+from services.router.appender import Appender
 from services.router.errors import InvalidPublishError, OverloadedError, RouterError
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
 
 log = structlog.get_logger("switchboard.router")
 MAX_HOPS = 2
+MAX_EVENTS_PER_APPEND_CALL = 1_000  # history's limit per channel; the batch call is split there
 AckCallback = Callable[[pb.PublishAck], None]
 
 
@@ -48,7 +50,7 @@ class Publisher:
                  metrics: RouterMetrics, *, service_token: str, timeout_s: float,
                  batch_max: int, pipeline_max: int) -> None:
         self._own = ownership
-        self._history = history
+        self._appender = Appender(history, max_events=MAX_EVENTS_PER_APPEND_CALL)
         self._routers = routers
         self._m = metrics
         self._metadata = credential_metadata(service_token)
@@ -117,7 +119,7 @@ class Publisher:
     ) -> None:
         try:
             with self._m.append_seconds.time():
-                resp = await self._history.append(channel, [req.event for req, _ in batch])
+                resp = await self._appender.append(channel, [req.event for req, _ in batch])
         except HistoryCallError as e:
             self._m.publishes.labels(e.code).inc(len(batch))
             log.warning("append_failed", channel=channel, error=str(e), events=len(batch))
@@ -195,6 +197,7 @@ class Publisher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._appender.aclose()
         channels, self._peer_channels = self._peer_channels, {}
         for ch in channels.values():
             await ch.close(None)

@@ -7,6 +7,7 @@ import structlog
 from grpc import aio
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
+from services.common.batching import take_batch
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.tasks import first_completed
@@ -59,14 +60,20 @@ class RouterServicer(pb_grpc.RouterServicer):
 
     async def _write(self, link: EdgeLink, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
         while True:
-            message = await link.queue.get()
-            if message is None:
+            first = await link.queue.get()
+            if first is None:
                 return  # overflow or replaced: end the call; the edge reconnects and repairs gaps
-            await context.write(message)
+            batch, closed = take_batch(link.queue, first, _size_of)
+            await context.write(batch[0] if len(batch) == 1 else pb.RouterMessage(batch=pb.RouterBatch(messages=batch)))
+            if closed:
+                return
 
     async def _handle(self, link: EdgeLink, message: pb.EdgeMessage) -> None:
         kind = message.WhichOneof("kind")
-        if kind == "publish":
+        if kind == "batch":
+            for m in message.batch.messages:
+                await self._handle(link, m)
+        elif kind == "publish":
             def reply(ack: pb.PublishAck) -> None:
                 link.send(pb.RouterMessage(ack=ack))
 
@@ -93,3 +100,7 @@ class RouterServicer(pb_grpc.RouterServicer):
             published_total=sum(self._pub.published.values()),
             edges_connected=len(self._own.links),
         )
+
+
+def _size_of(message: pb.RouterMessage) -> int:
+    return len(message.delivery.frame) + 32

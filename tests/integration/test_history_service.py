@@ -115,6 +115,24 @@ async def wait_status(h: HistoryUnderTest, wanted: int, timeout_s: float) -> Non
 # ---- Append ----------------------------------------------------------------------------------
 
 
+async def test_append_batch_stores_each_channel_and_isolates_an_invalid_one(
+    start_history: StartHistory,
+) -> None:
+    h = await start_history()
+    await h.append("session:s1", event("e1"))
+    response: hpb.AppendBatchResponse = await h.stub.AppendBatch(hpb.AppendBatchRequest(appends=[
+        hpb.AppendRequest(channel="session:s1", events=[event("e2"), event("e3")]),
+        hpb.AppendRequest(channel="session:s2", events=[hpb.Event(id="bad", body=b"not json")]),
+        hpb.AppendRequest(channel="session:s2", events=[event("x1")]),
+    ]), timeout=5.0, metadata=credential_metadata(TOKEN))
+
+    first, bad, other = response.results
+    assert not first.error_code and [r.offset for r in first.response.results] == [2, 3]
+    assert bad.error_code == "invalid" and not bad.response.results
+    assert not other.error_code and [r.offset for r in other.response.results] == [1]
+    assert [frame_of(e)["id"] for e in (await h.read("session:s1")).events] == ["e1", "e2", "e3"]
+
+
 async def test_append_assigns_consecutive_offsets_and_one_epoch(start_history: StartHistory) -> None:
     h = await start_history()
     first = await h.append("session:s1", event("e1"), event("e2"), event("e3"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.common.settings import Settings
-from services.common.store.base import StoreUnavailableError
+from services.common.store.base import StoreBusyError, StoreUnavailableError
 from services.common.store.factory import (
     Backend,
     build_membership_store,
@@ -23,7 +23,7 @@ from services.common.store.factory import (
     build_stream_store,
     open_backend,
 )
-from services.history.store.base import NewEvent, ReadResult, StreamLimits, StreamStore
+from services.history.store.base import AppendResult, NewEvent, ReadResult, StreamLimits, StreamStore
 from tests.support import free_port
 from tests.support.redis_server import RedisServer
 
@@ -245,6 +245,23 @@ async def test_concurrent_appends_get_distinct_consecutive_offsets(backend: Back
     assert offsets_of(read) == list(range(1, 51))
 
 
+async def test_append_many_appends_each_channel_atomically_in_one_call(backend: Backend) -> None:
+    store = build_stream_store(backend, LIMITS)
+    await store.append("session:a", [ev("a0")], new_epoch="EA")
+    results = await store.append_many([
+        ("session:a", [ev("a1"), ev("a2")]),
+        ("session:b", [ev("b1")]),
+        ("session:a", [ev("a3"), ev("a1")]),  # the same channel twice: in order, a1 a duplicate
+    ], new_epoch="EB")
+
+    assert all(isinstance(r, AppendResult) for r in results)
+    a1, b, a2 = (r for r in results if isinstance(r, AppendResult))
+    assert (a1.epoch, a1.offsets, a1.duplicates) == ("EA", [2, 3], [False, False])
+    assert (b.epoch, b.offsets) == ("EB", [1])
+    assert (a2.offsets, a2.duplicates) == ([4, 2], [False, True])
+    assert offsets_of(await store.read("session:a", 0, 100)) == [1, 2, 3, 4]
+
+
 # ---- streams: idempotency ------------------------------------------------------------------
 
 
@@ -384,6 +401,7 @@ async def store_calls(backend: Backend) -> dict[str, Callable[[], Awaitable[obje
         "remove_edge": lambda: owners.remove_edge("session:s", "e1"),
         "edges_of": lambda: owners.edges_of("session:s"),
         "append": lambda: streams.append("session:s", [ev("a")], new_epoch="E"),
+        "append_many": lambda: streams.append_many([("session:s", [ev("a")])], new_epoch="E"),
         "read": lambda: streams.read("session:s", 0, 10),
         "read_latest": lambda: streams.read("session:s", 0, 10, latest=True),
     }
@@ -416,6 +434,35 @@ async def test_unreachable_store_raises_store_unavailable(
 
 
 # ---- DragonflyDB adapter only: timeouts, key layout, a real restart ------------------------
+
+
+async def test_dragonfly_full_pool_waits_and_then_answers_busy_not_unavailable(
+    redis_server: RedisServer, key_prefix: str, tu: float,
+) -> None:
+    # One pooled connection: 40 concurrent appends wait their turn (a generous wait), and all
+    # are stored; with a wait too short to get the connection, the extra calls fail as busy.
+    patient = open_backend(settings_for(redis_server.url, key_prefix, tu, store_max_connections=1,
+                                        store_pool_wait_s=5.0 * tu))
+    hasty = open_backend(settings_for(redis_server.url, key_prefix, tu, store_max_connections=1,
+                                      store_pool_wait_s=0.0001))
+    try:
+        store = build_stream_store(patient, LIMITS)
+        results = await asyncio.gather(*(
+            store.append("session:pool", [ev(f"m{i}")], new_epoch="E") for i in range(40)))
+        assert sorted(r.offsets[0] for r in results) == list(range(1, 41))
+
+        store = build_stream_store(hasty, LIMITS)
+        outcomes = await asyncio.gather(*(
+            store.append("session:pool", [ev(f"n{i}")], new_epoch="E") for i in range(40)),
+            return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert errors, "one connection served 40 concurrent calls without any waiting"
+        assert all(isinstance(e, StoreBusyError) for e in errors), errors[:3]
+        assert not any(isinstance(e, StoreUnavailableError) for e in errors)
+    finally:
+        await lose_data(patient)
+        await patient.aclose()
+        await hasty.aclose()
 
 
 async def test_dragonfly_store_that_does_not_answer_times_out(key_prefix: str, tu: float) -> None:

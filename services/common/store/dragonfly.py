@@ -65,11 +65,16 @@ def translate_errors(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Cor
         except (RedisTimeoutError, OSError, TimeoutError) as e:
             raise StoreUnavailableError(f"store unavailable: {type(e).__name__}") from e
         except RedisError as e:
-            if "LOADING" in str(e) or "BUSY" in str(e):
-                raise StoreUnavailableError(f"store not ready: {e}") from e
-            raise StoreError(str(e)) from e
+            raise store_error(e) from e
 
     return wrapper
+
+
+def store_error(e: Exception) -> StoreError:
+    """A redis error answered by the store (not a connection failure) as our error type."""
+    if "LOADING" in str(e) or "BUSY" in str(e):
+        return StoreUnavailableError(f"store not ready: {e}")
+    return StoreError(str(e))
 
 
 def load_script(client: aioredis.Redis, path: Path) -> Any:

@@ -12,6 +12,9 @@ Contract (both adapters, proven by tests/integration/test_stream_store_contract.
 - `read` returns events with offset > since_offset in order, at most `limit`; with `latest`,
   the newest `limit` of them.
 - Unreachable store: StoreUnavailableError; nothing is half-applied by a failed call.
+- `append_many` appends to several channels in one store round trip: each channel's append is
+  atomic and independent of the others. When the round trip itself fails, some channels may
+  have been stored and others not: callers retry with the same event ids (idempotent).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from services.common.store.base import StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,14 @@ class StreamStore(Protocol):
         self, channel: str, events: Sequence[NewEvent], *, new_epoch: str,
     ) -> AppendResult:
         """Append in order, atomically. Raises StoreUnavailableError."""
+        ...
+
+    async def append_many(
+        self, appends: Sequence[tuple[str, Sequence[NewEvent]]], *, new_epoch: str,
+    ) -> list[AppendResult | StoreError]:
+        """Append to several channels in one round trip; one slot per channel, in order: its
+        result, or the StoreError of that channel alone. Raises StoreUnavailableError or
+        StoreBusyError when the round trip fails as a whole."""
         ...
 
     async def read(

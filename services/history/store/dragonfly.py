@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.common.store.base import Keys
-from services.common.store.dragonfly import load_script, translate_errors
+from services.common.store.base import Keys, StoreError
+from services.common.store.dragonfly import load_script, store_error, translate_errors
 from services.history.store.base import (
     AppendResult,
     NewEvent,
@@ -22,15 +23,14 @@ LUA = Path(__file__).parent / "lua"
 
 class DragonflyStreamStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, limits: StreamLimits) -> None:
+        self._r = client
         self._keys = keys
         self._limits = limits
         self._append = load_script(client, LUA / "append.lua")
         self._read = load_script(client, LUA / "read.lua")
 
-    @translate_errors
-    async def append(
-        self, channel: str, events: Sequence[NewEvent], *, new_epoch: str,
-    ) -> AppendResult:
+    def _append_call(self, channel: str, events: Sequence[NewEvent],
+                     new_epoch: str) -> tuple[list[str], list[str | bytes | int]]:
         k = self._keys
         keys = [k.channel(channel, "meta"), k.channel(channel, "stream")]
         keys += [k.channel(channel, "idem:" + ev.id) for ev in events]
@@ -41,9 +41,27 @@ class DragonflyStreamStore:
         ]
         for ev in events:
             args += [ev.body, ev.priority]
-        raw = await self._append(keys=keys, args=args)
-        epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
-        return AppendResult(epoch, [int(x) for x in raw[1::2]], [bool(int(x)) for x in raw[2::2]])
+        return keys, args
+
+    @translate_errors
+    async def append(
+        self, channel: str, events: Sequence[NewEvent], *, new_epoch: str,
+    ) -> AppendResult:
+        keys, args = self._append_call(channel, events, new_epoch)
+        return _append_result(await self._append(keys=keys, args=args))
+
+    @translate_errors
+    async def append_many(
+        self, appends: Sequence[tuple[str, Sequence[NewEvent]]], *, new_epoch: str,
+    ) -> list[AppendResult | StoreError]:
+        # One pipeline (not a transaction: each script is atomic on its own, and the channels'
+        # keys may live on different shards): one round trip for every channel of the batch.
+        async with self._r.pipeline(transaction=False) as pipe:
+            for channel, events in appends:
+                keys, args = self._append_call(channel, events, new_epoch)
+                await self._append(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        return [store_error(r) if isinstance(r, Exception) else _append_result(r) for r in replies]
 
     @translate_errors
     async def read(
@@ -57,3 +75,8 @@ class DragonflyStreamStore:
             for i in range(3, len(raw), 3)
         ]
         return ReadResult(epoch, int(raw[1]), int(raw[2]), events)
+
+
+def _append_result(raw: list[Any]) -> AppendResult:
+    epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+    return AppendResult(epoch, [int(x) for x in raw[1::2]], [bool(int(x)) for x in raw[2::2]])

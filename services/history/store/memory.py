@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from services.common.store.base import StoreError
 from services.common.store.memory import MemoryBackend, check
 from services.history.store.base import (
     AppendResult,
@@ -71,6 +72,12 @@ class InMemoryStreamStore:
         if len(ch.idem) > 4 * self._limits.max_len:
             ch.idem = {k: v for k, v in ch.idem.items() if v[1] > now}
         return AppendResult(ch.epoch, offsets, dups)
+
+    async def append_many(
+        self, appends: Sequence[tuple[str, Sequence[NewEvent]]], *, new_epoch: str,
+    ) -> list[AppendResult | StoreError]:
+        check(self._b)
+        return [await self.append(channel, events, new_epoch=new_epoch) for channel, events in appends]
 
     async def read(
         self, channel: str, since_offset: int, limit: int, *, latest: bool = False,
