@@ -43,7 +43,9 @@ class DragonflyStreamStore:
             args += [ev.body, ev.priority]
         raw = await self._append(keys=keys, args=args)
         epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
-        return AppendResult(epoch, [int(x) for x in raw[1::2]], [bool(int(x)) for x in raw[2::2]])
+        pairs = raw[1:-1]
+        return AppendResult(epoch, [int(x) for x in pairs[0::2]], [bool(int(x)) for x in pairs[1::2]],
+                            trimmed=int(raw[-1]))
 
     @translate_errors
     async def read(
