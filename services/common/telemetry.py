@@ -18,7 +18,8 @@ from prometheus_client import (
 
 def configure_logging(*, json: bool = True, level: str = "info") -> None:
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (structlog.processors.JSONRenderer() if json
+                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
