@@ -8,6 +8,8 @@ import contextlib
 import math
 from pathlib import Path
 
+import httpx
+import websockets
 from switchboard_client import Publisher
 
 from services.devcluster import HOST, DevCluster
@@ -99,3 +101,38 @@ async def test_prometheus_sees_every_tier_move_and_a_killed_edge_go_down(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(traffic, 30 * tu)
         await asyncio.to_thread(prom.close)
+
+
+async def test_stats_answers_the_tripsage_names(cluster, clients, sid, tu) -> None:
+    edge = cluster.by_role("edge")[0]
+    url = f"http://{HOST}:{edge.port}/api/v1/stats"
+    async with httpx.AsyncClient(timeout=5 * tu) as http:
+        before = (await http.get(url)).json()
+        alice = clients(chat_url(cluster, 0, sid), token_for(cluster, "alice", [sid]), session_id=sid)
+        bob = clients(chat_url(cluster, 0, sid), token_for(cluster, "bob", [sid]), session_id=sid)
+        await alice.connect()
+        await bob.connect()
+        for i in range(5):
+            await alice.chat(f"m{i}")
+        await collect(bob, 5, {"chat_message"}, 10 * tu)
+        # a socket that has not authenticated yet
+        async with websockets.connect(f"ws://{HOST}:{edge.port}/api/ws/chat/{sid}"):
+            async def counts() -> dict:  # type: ignore[type-arg]
+                return (await http.get(url)).json()  # type: ignore[no-any-return]
+
+            deadline = asyncio.get_running_loop().time() + 10 * tu
+            stats = await counts()
+            while stats["connections_by_status"]["authenticating"] < 1:
+                assert asyncio.get_running_loop().time() < deadline, stats
+                await asyncio.sleep(0.05)
+                stats = await counts()
+    assert stats["pid"] == edge.pid
+    assert stats["active_connections"] == 2 and stats["peak_connections"] >= 2
+    assert stats["connections_by_status"] == {"connected": 2, "authenticating": 1}
+    assert stats["total_messages_received"] >= before["total_messages_received"] + 5
+    assert stats["total_messages_sent"] >= before["total_messages_sent"] + 10  # 5 each
+    assert stats["total_bytes_sent"] > before["total_bytes_sent"]
+    assert stats["message_queue_size"] >= 0
+    # the older names stay
+    assert stats["messages_in"] == stats["total_messages_received"]
+    assert stats["bytes_out"] == stats["total_bytes_sent"]
