@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -101,27 +100,29 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
         return asyncio.run(run_single_process(args.edges, args.routers, args.port))
     env = {"SWITCHBOARD_LOG_JSON": "false"}
+    configure_logging(json=False)
     cluster = DevCluster(edges=args.edges, routers=args.routers, port=args.port,
                          store_url=args.store, env=env)
-    stopping = False
+    supervising = stopping = False
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
         if not stopping:
             stopping = True
-            raise KeyboardInterrupt
+            if not supervising:  # still starting: interrupt the waits
+                raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
         cluster.start()
         print_banner(cluster.edge_urls(), cluster.store_url or "", cluster.jwt_secret,
-                     str(cluster.workdir))
-        while all(p.alive for p in cluster.procs):
-            time.sleep(0.5)
-        dead = [p.name for p in cluster.procs if not p.alive]
-        print(f"stopping: {', '.join(dead)} exited (logs in {cluster.workdir})", flush=True)
-        return 1
+                     str(cluster.workdir), processes=cluster.describe())
+        supervising = True
+        # A tier that dies is restarted on its port with backoff; the others keep running.
+        cluster.supervise(keep_going=lambda: not stopping)
+        print("stopping the cluster", flush=True)
+        return 0
     except KeyboardInterrupt:
         print("stopping the cluster", flush=True)
         return 0

@@ -3,6 +3,10 @@
 Also the harness of the end-to-end tests, which kill, restart and add processes through it.
 Every process is started in its own session and stopped by its pid: SIGTERM, then SIGKILL
 after a bounded wait. Nothing is killed by name.
+
+Supervision is opt-in (`switchboard dev` runs `supervise()`): a process that dies without
+being stopped is started again on the same port and node id, with exponential backoff. Tests
+that kill processes on purpose do not supervise, so what they kill stays dead until they say.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import structlog
 
 from services.common.settings import DEV_JWT_SECRET, DEV_SERVICE_TOKEN
 
 HOST = "127.0.0.1"
+log = structlog.get_logger("switchboard.dev")
 
 
 def free_port(host: str = HOST) -> int:
@@ -58,14 +66,17 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def print_banner(edge_urls: list[str], store: str, secret: str, logs: str) -> None:
-    """What `switchboard dev` prints once the cluster is up: where to connect, and a token."""
+def print_banner(edge_urls: list[str], store: str, secret: str, logs: str,
+                 processes: list[str] | None = None) -> None:
+    """What `switchboard dev` prints once the cluster is up: where to connect, a token, and
+    (when the tiers are processes) each process with its pid and metrics URL."""
     from services.common.auth import mint_token
 
     token = mint_token(secret, "dev-user", scopes=["publish"], ttl_s=24 * 3600)
     lines = ["", "Switchboard dev cluster is up.", f"  store:  {store}"]
     lines += [f"  edge:   {u}/api/ws/chat/{{session_id}}   ({u.replace('ws://', 'http://')})"
               for u in edge_urls]
+    lines += [f"  {line}" for line in processes or ()]
     lines += [f"  logs:   {logs}", f"  token:  {token}",
               "  (user dev-user, any session, publish scope, valid 24 h; development secret)",
               "Ctrl-C stops every process.", ""]
@@ -85,6 +96,7 @@ class Proc:
     port: int
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0  # where /metrics is served (an edge: its HTTP port; the store: none)
 
     def start(self) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
@@ -95,6 +107,19 @@ class Proc:
         finally:
             log.close()
         return self
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid if self.popen is not None else 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}/metrics" if self.metrics_port else ""
+
+    def again(self) -> Proc:
+        """The same process (command, port, node id, log) started anew."""
+        return Proc(self.role, self.name, self.argv, self.env, self.port, self.log_path,
+                    metrics_port=self.metrics_port).start()
 
     @property
     def alive(self) -> bool:
@@ -136,6 +161,7 @@ class DevCluster:
     workdir: Path | None = None
     procs: list[Proc] = field(default_factory=list)
     redis: Proc | None = None
+    stopping: bool = False
     _counters: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,16 +200,23 @@ class DevCluster:
         wait_until(lambda: tcp_open(port), 10, "redis-server", self.redis.popen)
         self.store_url = f"redis://{HOST}:{port}/0"
 
-    def spawn(self, role: str, port: int | None = None, node_id: str | None = None) -> Proc:
+    def spawn(self, role: str, port: int | None = None, node_id: str | None = None,
+              metrics_port: int | None = None) -> Proc:
         n = self._counters[role] = self._counters.get(role, 0) + 1
         name = node_id or f"{role}-{n}"
         port = port or free_port()
         env = self.base_env()
         env["SWITCHBOARD_NODE_ID"] = name
         env["SWITCHBOARD_PORT"] = str(port)
+        if role == "edge":
+            metrics_port = port  # the edge serves /metrics on its HTTP port
+        else:
+            metrics_port = metrics_port or free_port()
+            env["SWITCHBOARD_METRICS_PORT"] = str(metrics_port)
         assert self.workdir is not None
         argv = [sys.executable, "-m", "services.cli", role]
-        proc = Proc(role, name, argv, env, port, self.workdir / f"{name}.log").start()
+        proc = Proc(role, name, argv, env, port, self.workdir / f"{name}.log",
+                    metrics_port=metrics_port).start()
         self.procs.append(proc)
         return proc
 
@@ -210,7 +243,7 @@ class DevCluster:
         """Stop (SIGTERM, or SIGKILL with kill=True) and start the same node on the same port."""
         proc.kill() if kill else proc.stop()
         self.procs.remove(proc)
-        new = self.spawn(proc.role, port=proc.port, node_id=proc.name)
+        new = self.spawn(proc.role, port=proc.port, node_id=proc.name, metrics_port=proc.metrics_port)
         if wait:
             self.wait_ready(new)
         return new
@@ -228,8 +261,7 @@ class DevCluster:
         """Start the store on its old port, loading its data file if one was saved."""
         assert self.redis is not None
         port = self.redis.port
-        self.redis = Proc("store", "store", self.redis.argv, self.redis.env, port,
-                          self.redis.log_path).start()
+        self.redis = self.redis.again()
         wait_until(lambda: tcp_open(port), 10, "redis-server", self.redis.popen)
 
     def by_role(self, role: str) -> list[Proc]:
@@ -238,8 +270,22 @@ class DevCluster:
     def edge_urls(self) -> list[str]:
         return [f"ws://{HOST}:{p.port}" for p in self.by_role("edge")]
 
+    def describe(self) -> list[str]:
+        """One line per tier process: name, pid, port and metrics URL (the dev banner)."""
+        return [f"{p.name:<10} pid {p.pid:<7} port {p.port:<5}  metrics {p.metrics_url}"
+                for p in sorted(self.procs, key=lambda p: ("edge", "router", "history").index(p.role))]
+
+    def supervise(self, keep_going: Callable[[], bool] = lambda: True, poll_s: float = 0.2) -> None:
+        """Restart every process (the store too) that dies without being stopped, on the same
+        port and node id, until keep_going() is false or stop() is called."""
+        supervisor = Supervisor(self)
+        while keep_going() and not self.stopping:
+            supervisor.check(time.monotonic())
+            time.sleep(poll_s)
+
     def stop(self) -> None:
         """Edges first (clients move away), then routers, history, and the store last."""
+        self.stopping = True
         for role in ("edge", "router", "history"):
             for p in [p for p in self.procs if p.role == role]:
                 p.stop()
@@ -256,3 +302,57 @@ class DevCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 10.0
+STABLE_AFTER_S = 30.0  # up this long: the next exit starts the backoff from the beginning
+
+
+@dataclass
+class _Watch:
+    started: float
+    attempt: int = 0            # restarts since the process was last stable
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Restarts dead processes of a cluster, with exponential backoff per process."""
+
+    def __init__(self, cluster: DevCluster) -> None:
+        self._cluster = cluster
+        self._watch: dict[str, _Watch] = {}
+
+    def check(self, now: float) -> None:
+        c = self._cluster
+        for proc in [*c.procs, *([c.redis] if c.redis is not None else [])]:
+            w = self._watch.setdefault(proc.name, _Watch(started=now))
+            if proc.alive:
+                if w.attempt and now - w.started >= STABLE_AFTER_S:
+                    w.attempt = 0
+                continue
+            if w.restart_at is None:
+                w.attempt += 1
+                delay = min(BACKOFF_FIRST_S * 2 ** (w.attempt - 1), BACKOFF_MAX_S)
+                w.restart_at = now + delay
+                code = proc.popen.returncode if proc.popen is not None else None
+                log.warning("tier_exited", name=proc.name, pid=proc.pid, exit_code=code,
+                            attempt=w.attempt, restart_in_s=delay)
+            elif now >= w.restart_at and not c.stopping:
+                self._restart(proc)
+                w.started, w.restart_at = now, None
+                log.warning("tier_restarted", name=proc.name, pid=self._current(proc).pid,
+                            port=proc.port, attempt=w.attempt)
+
+    def _restart(self, proc: Proc) -> None:
+        c = self._cluster
+        if proc is c.redis:
+            c.redis = proc.again()
+            return
+        c.procs[c.procs.index(proc)] = proc.again()
+
+    def _current(self, proc: Proc) -> Proc:
+        c = self._cluster
+        if proc.role == "store" and c.redis is not None:
+            return c.redis
+        return next((p for p in c.procs if p.name == proc.name), proc)

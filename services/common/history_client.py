@@ -18,6 +18,7 @@ from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as hpb_grpc
 from services.common.membership import MemberWatcher
 from services.common.rpc import credential_metadata, insecure_channel
+from services.common.telemetry import GrpcMetrics
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
@@ -44,8 +45,10 @@ class HistoryInvalidError(HistoryCallError):
 
 
 class HistoryClient:
-    def __init__(self, watcher: MemberWatcher, *, service_token: str, timeout_s: float) -> None:
+    def __init__(self, watcher: MemberWatcher, *, service_token: str, timeout_s: float,
+                 grpc_metrics: GrpcMetrics | None = None) -> None:
         self._watcher = watcher
+        self._grpc_metrics = grpc_metrics
         self._metadata = credential_metadata(service_token)
         self._timeout_s = timeout_s
         self._channels: dict[str, aio.Channel] = {}
@@ -61,7 +64,7 @@ class HistoryClient:
         for addr in ordered[:2]:
             ch = self._channels.get(addr)
             if ch is None:
-                ch = self._channels[addr] = insecure_channel(addr)
+                ch = self._channels[addr] = insecure_channel(addr, self._grpc_metrics)
             out.append(ch)
         return out
 

@@ -7,12 +7,19 @@ import sys
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 
 def configure_logging(*, json: bool = True, level: str = "info") -> None:
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (structlog.processors.JSONRenderer() if json
+                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -27,8 +34,50 @@ def configure_logging(*, json: bool = True, level: str = "info") -> None:
     )
 
 
+# Latency buckets for calls inside the cluster (sub-millisecond to seconds).
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Streams (Connect) live for minutes to days.
+GRPC_BUCKETS = (*FAST_BUCKETS, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
+
+
 def new_registry() -> CollectorRegistry:
-    return CollectorRegistry(auto_describe=True)
+    """The process's registry, with process_* (CPU, memory, fds) and python_info on it."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+class GrpcMetrics:
+    """grpc_{server,client}_handled_total and _handling_seconds, by service, method and code."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_service", "grpc_method", "grpc_code"]
+        self.server_handled = Counter("grpc_server_handled_total", "RPCs completed on the server",
+                                      labels, registry=registry)
+        self.server_seconds = Histogram("grpc_server_handling_seconds",
+                                        "RPC handling time on the server (a stream's life)",
+                                        labels, buckets=GRPC_BUCKETS, registry=registry)
+        self.client_handled = Counter("grpc_client_handled_total", "RPCs completed by this client",
+                                      labels, registry=registry)
+        self.client_seconds = Histogram("grpc_client_handling_seconds",
+                                        "RPC time seen by the client (a stream's life)",
+                                        labels, buckets=GRPC_BUCKETS, registry=registry)
+
+    def server_done(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.server_handled.labels(service, method, code).inc()
+        self.server_seconds.labels(service, method, code).observe(seconds)
+
+    def client_done(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.client_handled.labels(service, method, code).inc()
+        self.client_seconds.labels(service, method, code).observe(seconds)
+
+
+def split_method(full: str | bytes) -> tuple[str, str]:
+    """'/switchboard.routing.v1.Router/Connect' -> ('switchboard.routing.v1.Router', 'Connect')."""
+    text = full.decode() if isinstance(full, bytes) else full
+    service, _, method = text.lstrip("/").rpartition("/")
+    return service or "unknown", method or "unknown"
 
 
 log = structlog.get_logger("switchboard")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +27,8 @@ from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import LeaseKeeper, MemberWatcher
 from services.common.settings import Settings
 from services.common.store.factory import build_membership_store, open_backend
-from services.common.telemetry import new_registry
+from services.common.tasks import cancel_and_wait
+from services.common.telemetry import GrpcMetrics, new_registry
 from services.edge.context import EdgeContext
 from services.edge.errors import EdgeError
 from services.edge.hub import Hub
@@ -35,6 +38,7 @@ from services.edge.session import Session
 
 log = structlog.get_logger("switchboard.edge")
 MAX_PUBLISH_BODY = 256 * 1024
+READY_REFRESH_S = 2.0
 
 
 class JSONBody(Response):
@@ -66,18 +70,20 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         registry = new_registry()
         metrics = EdgeMetrics(registry)
+        grpc_metrics = GrpcMetrics(registry)
         backend = open_backend(settings)
         members = build_membership_store(backend)
         histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
         history = HistoryClient(histories, service_token=settings.service_token,
-                                timeout_s=settings.rpc_timeout_s)
+                                timeout_s=settings.rpc_timeout_s, grpc_metrics=grpc_metrics)
         hub_ref: list[Hub] = []
         pool = RouterPool(settings.node_id, service_token=settings.service_token,
                           on_delivery=lambda d: hub_ref[0].on_delivery(d),
                           on_attached=lambda channels: hub_ref[0].resync(channels),
                           queue_max=settings.edge_link_queue_max,
                           reconnect_max_s=settings.router_reconnect_max_s,
-                          publish_timeout_s=settings.publish_timeout_s)
+                          publish_timeout_s=settings.publish_timeout_s,
+                          grpc_metrics=grpc_metrics)
         hub = Hub(pool, history, metrics, pending_max=settings.edge_link_queue_max,
                   attach_timeout_s=settings.rpc_timeout_s)
         hub_ref.append(hub)
@@ -88,15 +94,20 @@ def create_app(settings: Settings) -> Starlette:
         ctx = EdgeContext(settings, routers, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
                                                   allow_any_session=settings.allow_any_session),
                           pool, history, hub, metrics, registry)
+        metrics.watch(ctx.sessions, pool.connected_count)
+        ready_task: asyncio.Task[None] | None = None
         try:
             await histories.start()
             await routers.start()
             pool.set_routers(routers.members)
             await lease.start()
+            ready_task = asyncio.create_task(_refresh_ready(ctx), name="edge-ready")
             log.info("edge_started", node_id=settings.node_id, port=settings.port)
             yield {"ctx": ctx}
         finally:
             ctx.draining = True
+            metrics.ready.set(0)
+            await cancel_and_wait(ready_task)
             await lease.aclose()
             for session in list(ctx.sessions):
                 session.close_with(CloseCode.SERVICE_RESTART)
@@ -143,7 +154,11 @@ async def _serve_socket(ws: WebSocket, kind: Any, path_id: str) -> None:
     if ctx.draining:
         await ws.close(int(CloseCode.SERVICE_RESTART))
         return
-    await Session(ws, ctx, kind, path_id).run()
+    ctx.sockets += 1
+    try:
+        await Session(ws, ctx, kind, path_id).run()
+    finally:
+        ctx.sockets -= 1
 
 
 def _bearer(request: Request, ctx: EdgeContext) -> Principal:
@@ -257,15 +272,26 @@ async def stats(request: Request) -> Response:
                          if s.name.endswith("_total")))
 
     queues = [len(s.queue) for s in ctx.sessions]
+    frames_in, frames_out = total(m.messages_in), total(m.frames_out_by_lane)
+    bytes_in, bytes_out = total(m.bytes_in), total(m.bytes_out_by_lane)
+    connected = len(ctx.sessions)
     return JSONBody({
         "node_id": ctx.settings.node_id,
-        "active_connections": len(ctx.sessions),
+        "pid": os.getpid(),
+        "active_connections": connected,
         "peak_connections": m.peak,
-        "messages_in": total(m.messages_in), "messages_out": total(m.messages_out),
-        "bytes_in": total(m.bytes_in), "bytes_out": total(m.bytes_out),
+        "messages_in": frames_in, "messages_out": frames_out,
+        "bytes_in": bytes_in, "bytes_out": bytes_out,
+        # the names the TripSage docs use for the same numbers
+        "total_messages_received": frames_in, "total_messages_sent": frames_out,
+        "total_bytes_received": bytes_in, "total_bytes_sent": bytes_out,
+        "message_queue_size": sum(queues),
+        # sockets accepted but not (or no longer) authenticated count as authenticating
+        "connections_by_status": {"connected": connected,
+                                  "authenticating": max(ctx.sockets - connected, 0)},
         "send_queue_total": sum(queues), "send_queue_max": max(queues, default=0),
         "channels": len(ctx.hub.channels),
-        "routers_connected": sum(1 for link in ctx.pool.links.values() if link.connected.is_set()),
+        "routers_connected": ctx.pool.connected_count(),
         "closes_by_code": {s.labels["code"]: s.value for metric in m.closes.collect()
                            for s in metric.samples if s.name.endswith("_total")},
         "uptime_s": round(time.monotonic() - ctx.started, 3),
@@ -280,15 +306,32 @@ async def healthz(request: Request) -> Response:
     return JSONBody({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
-    """200 only when a router stream is up, a history node answers its health check (which
-    follows the store) and the store answers our membership polls."""
-    ctx = _ctx(request)
+async def readiness(ctx: EdgeContext) -> dict[str, bool]:
+    """Ready only when a router stream is up, a history node answers its health check (which
+    follows the store) and the store answers our membership polls; never while draining."""
     routers = ctx.pool.ready()
     store = ctx.members.healthy
     history = await ctx.history.healthy(timeout_s=1.0) if routers else False
     ready = routers and history and store and not ctx.draining
-    return JSONBody({"ready": ready, "router": routers, "history": history, "store": store,
-                     "draining": ctx.draining}, status_code=200 if ready else 503)
+    return {"ready": ready, "router": routers, "history": history, "store": store,
+            "draining": ctx.draining}
+
+
+async def readyz(request: Request) -> Response:
+    """200 when `readiness` holds, else 503; the body says which part is missing."""
+    state = await readiness(_ctx(request))
+    return JSONBody(state, status_code=200 if state["ready"] else 503)
+
+
+async def _refresh_ready(ctx: EdgeContext) -> None:
+    """Keep edge_ready equal to what /readyz would answer (owned by the lifespan)."""
+    while True:
+        try:
+            ready = (await readiness(ctx))["ready"]
+        except Exception:  # top of a task: a failed probe means not ready, and we go on
+            log.exception("readiness_probe_failed")
+            ready = False
+        ctx.metrics.ready.set(1 if ready else 0)
+        await asyncio.sleep(READY_REFRESH_S)
 
 

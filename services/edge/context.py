@@ -33,3 +33,4 @@ class EdgeContext:
     sessions: set[Session] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     draining: bool = False
+    sockets: int = 0  # WebSockets open, authenticated or not (stats)

@@ -26,8 +26,10 @@ REPAIR_PAGE = 500
 
 
 class Subscriber(Protocol):
-    def push(self, frame: str, priority: int, channel: str, offset: int) -> None:
-        """Queue a frame; must not block (overflow closes the subscriber)."""
+    def push(self, frame: str, priority: int, channel: str, offset: int,
+             accepted: float = 0.0) -> None:
+        """Queue a frame; must not block (overflow closes the subscriber). `accepted` is when
+        its publish was accepted (unix seconds; 0 for repairs), for the delivery latency."""
         ...
 
 
@@ -193,8 +195,9 @@ class Hub:
 
     def _fan_out(self, state: ChannelState, d: pb.Delivery) -> None:
         frame = d.frame.decode()  # once per event, shared by every subscriber
+        accepted = d.accepted_unix_us / 1e6
         for sub in list(state.subscribers):
-            sub.push(frame, d.priority, d.channel, d.offset)
+            sub.push(frame, d.priority, d.channel, d.offset, accepted)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -1,28 +1,55 @@
-"""The edge's Prometheus metrics and the counters behind /api/v1/stats."""
+"""The edge's Prometheus metrics and the counters behind /api/v1/stats.
+
+Names and labels follow the metrics contract shared with the dashboards and alerts. Gauges over
+the open connections (count by endpoint, send-queue depth) are computed when scraped.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterator, Sized
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.common.telemetry import FAST_BUCKETS
+
+LANES = ("control", "durable", "ephemeral")  # SendQueue lane index -> label
+ENDPOINTS = ("chat", "agent_status")
+
+
+class Connection(Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def queue(self) -> Sized: ...
 
 
 class EdgeMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.connections = Gauge("edge_connections_active", "Open authenticated WebSocket connections",
-                                 registry=registry)
         self.connections_total = Counter("edge_connections_total",
-                                         "WebSocket connections accepted", registry=registry)
-        self.auth_failures = Counter("edge_auth_failures_total", "Failed authentications by reason",
-                                     ["reason"], registry=registry)
+                                         "WebSocket connections accepted, by endpoint",
+                                         ["endpoint"], registry=registry)
+        self.auth = Counter("edge_auth_total", "Authentications by result (ok or the failure reason)",
+                            ["result"], registry=registry)
         self.closes = Counter("edge_closes_total", "Connections closed by the edge, by code",
                               ["code"], registry=registry)
-        self.messages_in = Counter("edge_messages_in_total", "Client frames handled, by type",
+        self.messages_in = Counter("edge_frames_in_total", "Client frames handled, by type",
                                    ["type"], registry=registry)
-        self.messages_out = Counter("edge_messages_out_total", "Frames sent to clients",
-                                    registry=registry)
+        self.frames_out_by_lane = Counter("edge_frames_out_total", "Frames written to clients, by lane",
+                                          ["lane"], registry=registry)
+        self.bytes_out_by_lane = Counter("edge_bytes_out_total", "Bytes written to clients, by lane",
+                                         ["lane"], registry=registry)
+        # Resolved once: the writer indexes them by lane for every frame.
+        self.frames_out = tuple(self.frames_out_by_lane.labels(lane) for lane in LANES)
+        self.bytes_out = tuple(self.bytes_out_by_lane.labels(lane) for lane in LANES)
         self.bytes_in = Counter("edge_bytes_in_total", "Bytes received from clients",
                                 registry=registry)
-        self.bytes_out = Counter("edge_bytes_out_total", "Bytes sent to clients",
-                                 registry=registry)
+        self.delivery_seconds = Histogram(
+            "edge_delivery_latency_seconds",
+            "Publish accepted by an edge until the frame is written to a client (live deliveries)",
+            buckets=FAST_BUCKETS, registry=registry)
         self.errors = Counter("edge_client_errors_total", "Error events sent, by code",
                               ["code"], registry=registry)
         self.deliveries = Counter("edge_deliveries_total", "Events received from routers",
@@ -30,6 +57,8 @@ class EdgeMetrics:
         self.duplicates = Counter("edge_duplicate_deliveries_total",
                                   "Deliveries dropped because the offset was already delivered",
                                   registry=registry)
+        self.recoveries = Counter("edge_recoveries_total", "Channel recoveries by outcome",
+                                  ["outcome"], registry=registry)
         self.gap_repairs = Counter("edge_gap_repairs_total", "Offset gaps repaired from history",
                                    ["result"], registry=registry)
         self.repair_overflow = Counter("edge_repair_overflow_total",
@@ -44,9 +73,49 @@ class EdgeMetrics:
         self.publishes = Counter("edge_publishes_total", "Publishes by source and result",
                                  ["source", "result"], registry=registry)
         self.publish_seconds = Histogram("edge_publish_duration_seconds",
-                                         "Publish until acknowledged", registry=registry)
+                                         "Publish until acknowledged", buckets=FAST_BUCKETS,
+                                         registry=registry)
+        self.ready = Gauge("edge_ready", "1 when /readyz answers 200 (refreshed every few seconds)",
+                           registry=registry)
+        self._registry = registry
         self.peak = 0
 
     def connected(self, current: int) -> None:
-        self.connections.set(current)
         self.peak = max(self.peak, current)
+
+    def watch(self, connections: Collection[Connection], routers_connected: Callable[[], int]) -> None:
+        """Register the gauges computed at scrape time over the open connections."""
+        self._registry.register(_LiveCollector(connections, routers_connected))
+
+
+class _LiveCollector(Collector):
+    def __init__(self, connections: Collection[Connection], routers_connected: Callable[[], int]) -> None:
+        self._connections = connections
+        self._routers_connected = routers_connected
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families(empty=True))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(empty=False))
+
+    def _families(self, *, empty: bool) -> list[Metric]:
+        active = GaugeMetricFamily("edge_connections_active", "Open authenticated WebSocket connections",
+                                   labels=["endpoint"])
+        frames = GaugeMetricFamily("edge_send_queue_frames", "Frames queued, all connections")
+        fullest = GaugeMetricFamily("edge_send_queue_frames_max", "The fullest connection's queue")
+        routers = GaugeMetricFamily("edge_routers_connected", "Router streams up")
+        if not empty:
+            counts = dict.fromkeys(ENDPOINTS, 0)
+            total = top = 0
+            for conn in list(self._connections):
+                counts[conn.kind] = counts.get(conn.kind, 0) + 1
+                n = len(conn.queue)
+                total += n
+                top = max(top, n)
+            for endpoint, n in counts.items():
+                active.add_metric([endpoint], n)
+            frames.add_metric([], total)
+            fullest.add_metric([], top)
+            routers.add_metric([], self._routers_connected())
+        return [active, frames, fullest, routers]

@@ -8,6 +8,9 @@ The total is bounded. When it is full, the oldest lane-2 frame is dropped to mak
 ephemeral event has no offset and no recovery, so dropping it loses nothing a client can ask
 for again); only when control and durable frames fill the queue does `push` return False, and
 the caller closes the connection with 4008 (the client reconnects and recovers from history).
+
+Each frame carries the time its publish was accepted (unix seconds, 0 when unknown: replies,
+replays), so that the writer can observe the delivery latency; `pop` returns the lane too.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections import deque
 
 class SendQueue:
     def __init__(self, max_items: int) -> None:
-        self._lanes: tuple[deque[str], deque[str], deque[str]] = (deque(), deque(), deque())
+        self._lanes: tuple[deque[tuple[str, float]], ...] = (deque(), deque(), deque())
         self.max_items = max_items
         self._half = max(1, max_items // 2)
         self._size = 0
@@ -30,7 +33,7 @@ class SendQueue:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, frame: str, priority: int, durable: bool) -> bool:
+    def push(self, frame: str, priority: int, durable: bool, accepted: float = 0.0) -> bool:
         lane = 1 if durable else (0 if priority <= 1 else 2)
         if self._size >= self.max_items:
             if not self._lanes[2]:
@@ -41,23 +44,25 @@ class SendQueue:
             self._lanes[2].popleft()
             self._size -= 1
             self.shed += 1
-        self._lanes[lane].append(frame)
+        self._lanes[lane].append((frame, accepted))
         self._size += 1
         self._ready.set()
         if self._size >= self._half:
             self._room.clear()
         return True
 
-    async def pop(self) -> str:
+    async def pop(self) -> tuple[str, int, float]:
+        """The next frame, its lane (0 control, 1 durable, 2 ephemeral) and its accepted time."""
         while self._size == 0:
             self._ready.clear()
             await self._ready.wait()
         self._size -= 1
         if self._size < self._half:
             self._room.set()
-        for lane in self._lanes:
+        for i, lane in enumerate(self._lanes):
             if lane:
-                return lane.popleft()
+                frame, accepted = lane.popleft()
+                return frame, i, accepted
         raise AssertionError("size and lanes disagree")
 
     async def wait_room(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -83,10 +84,11 @@ class Session:
     async def run(self) -> None:
         m = self.ctx.metrics
         await self.ws.accept()
-        m.connections_total.inc()
+        m.connections_total.labels(self.kind).inc()
         code = CloseCode.NORMAL
         try:
             await self._authenticate()
+            m.auth.labels("ok").inc()
             self.ctx.sessions.add(self)
             m.connected(len(self.ctx.sessions))
             structlog.contextvars.bind_contextvars(connection_id=self.connection_id)
@@ -158,7 +160,7 @@ class Session:
         await self._accept_auth(frame)
 
     async def _auth_failed(self, error: str, code: str, close: CloseCode) -> NoReturn:
-        self.ctx.metrics.auth_failures.labels(code).inc()
+        self.ctx.metrics.auth.labels(code).inc()
         reply = {"success": False, "error": error, "code": code, "connection_id": self.connection_id}
         with contextlib.suppress(Exception):
             await self._send_now(wire.encode(reply).decode())
@@ -405,6 +407,9 @@ class Session:
         for r in live:
             self.offsets[r.channel] = r.position.offset
         await asyncio.gather(*(self._first_page(r) for r in out.values() if not r.answer))
+        for r in out.values():
+            self.ctx.metrics.recoveries.labels(
+                "recovered" if r.answer.get("recovered") else str(r.answer.get("reason"))).inc()
         return out
 
     async def _first_page(self, r: Recovery) -> None:
@@ -450,7 +455,8 @@ class Session:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def push(self, frame: str, priority: int, channel: str, offset: int) -> None:
+    def push(self, frame: str, priority: int, channel: str, offset: int,
+             accepted: float = 0.0) -> None:
         """Queue a frame (Subscriber protocol). Drops what this client already has; a full
         queue closes the connection with 4008."""
         if offset and channel in self._recovering:
@@ -460,14 +466,15 @@ class Session:
                 return
             held.append((frame, priority, offset))
             return
-        self._deliver(frame, priority, channel, offset)
+        self._deliver(frame, priority, channel, offset, accepted)
 
-    def _deliver(self, frame: str, priority: int, channel: str, offset: int) -> None:
+    def _deliver(self, frame: str, priority: int, channel: str, offset: int,
+                 accepted: float = 0.0) -> None:
         if offset:
             if offset <= self.offsets.get(channel, 0):
                 return
             self.offsets[channel] = offset
-        if not self.queue.push(frame, priority, durable=offset > 0):
+        if not self.queue.push(frame, priority, durable=offset > 0, accepted=accepted):
             self._overflow()
 
     def _overflow(self) -> None:
@@ -489,7 +496,10 @@ class Session:
         self._writer = asyncio.current_task()
         try:
             while True:
-                await self._send_now(await self.queue.pop())
+                frame, lane, accepted = await self.queue.pop()
+                await self._send_now(frame, lane)
+                if accepted:  # a live delivery: publish accepted -> written to this socket
+                    self.ctx.metrics.delivery_seconds.observe(time.time() - accepted)
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the socket is gone (starlette raises RuntimeError once it is closed)
         except asyncio.CancelledError:
@@ -497,10 +507,10 @@ class Session:
                 raise
             # close_with() stopped us: end normally so that run() closes with its code
 
-    async def _send_now(self, text: str) -> None:
+    async def _send_now(self, text: str, lane: int = 0) -> None:
         await self.ws.send_text(text)
-        self.ctx.metrics.messages_out.inc()
-        self.ctx.metrics.bytes_out.inc(len(text))
+        self.ctx.metrics.frames_out[lane].inc()
+        self.ctx.metrics.bytes_out[lane].inc(len(text))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)

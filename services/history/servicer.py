@@ -9,30 +9,17 @@ from collections.abc import AsyncIterator
 
 import grpc
 from grpc import aio
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.common import wire
 from services.common.errors import ErrorCode
 from services.common.grpc_gen.history.v1 import history_pb2 as pb
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as pb_grpc
 from services.common.store.base import StoreBusyError, StoreError, StoreUnavailableError
+from services.history.metrics import HistoryMetrics
 from services.history.store.base import AppendResult, NewEvent, StreamStore
 
 MAX_EVENTS_PER_APPEND = 1_000
 MAX_ID_LEN = 128
-
-
-class HistoryMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.appended = Counter("history_events_appended_total", "Events stored",
-                                registry=registry)
-        self.duplicates = Counter("history_duplicate_events_total",
-                                  "Appends answered from the idempotency window", registry=registry)
-        self.reads = Counter("history_reads_total", "Read calls", registry=registry)
-        self.errors = Counter("history_errors_total", "Failed calls by reason", ["reason"],
-                              registry=registry)
-        self.append_seconds = Histogram("history_append_duration_seconds",
-                                        "Append latency including the store", registry=registry)
 
 
 class HistoryServicer(pb_grpc.HistoryServicer):
@@ -62,46 +49,58 @@ class HistoryServicer(pb_grpc.HistoryServicer):
         if invalid:
             self._m.errors.labels("invalid").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid)
-        start = time.perf_counter()
-        async with self._store_errors(context):
-            result = await self._store.append(request.channel, _new_events(request),
-                                              new_epoch=secrets.token_hex(4))
-        self._m.append_seconds.observe(time.perf_counter() - start)
+        events = _new_events(request)
+        self._m.batch_size.observe(len(events))
+        try:
+            async with self._store_errors(context):
+                with self._m.store_op("append"):
+                    result = await self._store.append(request.channel, events,
+                                                      new_epoch=secrets.token_hex(4))
+        except aio.AbortError:  # the store failed: _store_errors answered with a status
+            self._m.appends.labels("error").inc(len(events))
+            raise
         return self._response(result)
 
     async def AppendBatch(self, request: pb.AppendBatchRequest, context: aio.ServicerContext) -> pb.AppendBatchResponse:  # type: ignore[type-arg]
         """Several channels in one store round trip; an invalid or failed channel gets its own
         error outcome and does not fail the others."""
         outcomes = [pb.AppendOutcome() for _ in request.appends]
-        valid: list[int] = []
+        valid: list[tuple[int, list[NewEvent]]] = []
         for i, append in enumerate(request.appends):
             invalid = _invalid(append)
             if invalid:
                 self._m.errors.labels("invalid").inc()
                 outcomes[i].error_code, outcomes[i].error_message = ErrorCode.INVALID, invalid
             else:
-                valid.append(i)
-        if valid:
-            start = time.perf_counter()
+                valid.append((i, _new_events(append)))
+        if not valid:
+            return pb.AppendBatchResponse(results=outcomes)
+        self._m.batch_size.observe(sum(len(events) for _, events in valid))
+        try:
             async with self._store_errors(context):
-                results = await self._store.append_many(
-                    [(request.appends[i].channel, _new_events(request.appends[i])) for i in valid],
-                    new_epoch=secrets.token_hex(4))
-            self._m.append_seconds.observe(time.perf_counter() - start)
-            for i, result in zip(valid, results, strict=True):
-                if isinstance(result, StoreError):
-                    self._m.errors.labels("store_error").inc()
-                    outcomes[i].error_code = (ErrorCode.UNAVAILABLE if isinstance(result, StoreUnavailableError)
-                                              else ErrorCode.INTERNAL)
-                    outcomes[i].error_message = str(result)
-                else:
-                    outcomes[i].response.CopyFrom(self._response(result))
+                with self._m.store_op("append"):
+                    results = await self._store.append_many(
+                        [(request.appends[i].channel, events) for i, events in valid],
+                        new_epoch=secrets.token_hex(4))
+        except aio.AbortError:
+            self._m.appends.labels("error").inc(sum(len(events) for _, events in valid))
+            raise
+        for (i, events), result in zip(valid, results, strict=True):
+            if isinstance(result, StoreError):
+                self._m.errors.labels("store_error").inc()
+                self._m.appends.labels("error").inc(len(events))
+                outcomes[i].error_code = (ErrorCode.UNAVAILABLE if isinstance(result, StoreUnavailableError)
+                                          else ErrorCode.INTERNAL)
+                outcomes[i].error_message = str(result)
+            else:
+                outcomes[i].response.CopyFrom(self._response(result))
         return pb.AppendBatchResponse(results=outcomes)
 
     def _response(self, result: AppendResult) -> pb.AppendResponse:
         dups = sum(result.duplicates)
-        self._m.appended.inc(len(result.offsets) - dups)
-        self._m.duplicates.inc(dups)
+        self._m.appends.labels("ok").inc(len(result.offsets) - dups)
+        self._m.appends.labels("duplicate").inc(dups)
+        self._m.trimmed.inc(result.trimmed)
         return pb.AppendResponse(
             epoch=result.epoch,
             results=[pb.Appended(offset=o, duplicate=d)
@@ -110,16 +109,17 @@ class HistoryServicer(pb_grpc.HistoryServicer):
 
     async def Read(self, request: pb.ReadRequest, context: aio.ServicerContext) -> pb.ReadResponse:  # type: ignore[type-arg]
         limit = min(request.limit or self._read_limit, self._read_limit)
-        self._m.reads.inc()
+        start = time.perf_counter()
         async with self._store_errors(context):
-            got = await self._store.read(request.channel, request.since_offset, limit,
-                                         latest=request.latest)
+            with self._m.store_op("read"):
+                got = await self._store.read(request.channel, request.since_offset, limit,
+                                             latest=request.latest)
         epoch_changed = bool(request.epoch) and request.epoch != got.epoch
         # Complete: nothing between since_offset and the first returned event was trimmed away.
         covered = got.first_offset == 0 and request.since_offset >= got.top_offset
         covered = covered or (got.first_offset != 0 and request.since_offset + 1 >= got.first_offset)
         complete = not epoch_changed and (covered or request.latest)
-        return pb.ReadResponse(
+        response = pb.ReadResponse(
             epoch=got.epoch,
             top_offset=got.top_offset,
             first_offset=got.first_offset,
@@ -128,6 +128,8 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             events=[pb.StoredEvent(offset=e.offset, frame=wire.seal(e.body, e.offset, got.epoch),
                                    priority=e.priority) for e in got.events],
         )
+        self._m.read_seconds.observe(time.perf_counter() - start)
+        return response
 
 
 def _invalid(request: pb.AppendRequest) -> str:

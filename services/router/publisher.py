@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import MemberWatcher
 from services.common.rpc import credential_metadata, insecure_channel
+from services.common.telemetry import GrpcMetrics
 from services.router.appender import Appender
 from services.router.errors import InvalidPublishError, OverloadedError, RouterError
 from services.router.metrics import RouterMetrics
@@ -48,8 +50,9 @@ def error_ack(request: pb.PublishRequest, err: RouterError) -> pb.PublishAck:
 class Publisher:
     def __init__(self, ownership: Ownership, history: HistoryClient, routers: MemberWatcher,
                  metrics: RouterMetrics, *, service_token: str, timeout_s: float,
-                 batch_max: int, pipeline_max: int) -> None:
+                 batch_max: int, pipeline_max: int, grpc_metrics: GrpcMetrics | None = None) -> None:
         self._own = ownership
+        self._grpc_metrics = grpc_metrics
         self._appender = Appender(history, max_events=MAX_EVENTS_PER_APPEND_CALL)
         self._routers = routers
         self._m = metrics
@@ -66,17 +69,35 @@ class Publisher:
 
     def submit(self, request: pb.PublishRequest, done: AckCallback) -> None:
         """Publish; `done(ack)` is called exactly once, from the event loop."""
+        if not request.accepted_unix_us:  # from a backend, not an edge: accepted now
+            request.accepted_unix_us = time.time_ns() // 1000
+        start = time.perf_counter()
+        forwarding = self._should_forward(request)
+
+        def timed(ack: pb.PublishAck) -> None:
+            outcome = ("error" if ack.error_code else "forwarded" if forwarding
+                       else "ephemeral" if request.ephemeral
+                       else "duplicate" if ack.duplicate else "ok")
+            self._m.publish_seconds.labels(outcome).observe(time.perf_counter() - start)
+            done(ack)
+
+        self._submit(request, timed)
+
+    def _should_forward(self, request: pb.PublishRequest) -> bool:
+        return not self._own.owns(request.channel) and request.hops < MAX_HOPS
+
+    def _submit(self, request: pb.PublishRequest, done: AckCallback) -> None:
         if not wire.valid_body(request.event.body) or not request.channel:
             self._m.publishes.labels("invalid").inc()
             done(error_ack(request, InvalidPublishError("event body must be a JSON object")))
             return
-        if not self._own.owns(request.channel) and request.hops < MAX_HOPS:
+        if self._should_forward(request):
             self._spawn(self._forward(request, done))
             return
         if request.ephemeral:
             self._fan_out(request.channel, pb.Delivery(
                 channel=request.channel, frame=request.event.body,
-                priority=request.event.priority))
+                priority=request.event.priority, accepted_unix_us=request.accepted_unix_us))
             self._m.publishes.labels("ephemeral").inc()
             done(pb.PublishAck(request_id=request.request_id))
             return
@@ -134,10 +155,11 @@ class Publisher:
             delivery = pb.RouterMessage(delivery=pb.Delivery(
                 channel=channel, offset=res.offset, epoch=resp.epoch,
                 frame=wire.seal(req.event.body, res.offset, resp.epoch),
-                priority=req.event.priority))
+                priority=req.event.priority, accepted_unix_us=req.accepted_unix_us))
             for link in targets:
                 link.send(delivery)
             self._m.deliveries.inc(len(targets))
+            self._m.fanout.observe(len(targets))
             self._m.publishes.labels("duplicate" if res.duplicate else "ok").inc()
             done(pb.PublishAck(request_id=req.request_id, offset=res.offset,
                                epoch=resp.epoch, duplicate=res.duplicate))
@@ -147,9 +169,11 @@ class Publisher:
         message = pb.RouterMessage(delivery=delivery)
 
         async def send() -> None:
-            for link in await self._own.targets(channel):
+            targets = await self._own.targets(channel)
+            for link in targets:
                 link.send(message)
-                self._m.deliveries.inc()
+            self._m.deliveries.inc(len(targets))
+            self._m.fanout.observe(len(targets))
 
         self._spawn(send())
 
@@ -163,11 +187,11 @@ class Publisher:
         forwarded.hops = request.hops + 1
         if address is None:
             forwarded.hops = MAX_HOPS  # owner unknown here: handle it locally
-            self.submit(forwarded, done)
+            self._submit(forwarded, done)
             return
         ch = self._peer_channels.get(address)
         if ch is None:
-            ch = self._peer_channels[address] = insecure_channel(address)
+            ch = self._peer_channels[address] = insecure_channel(address, self._grpc_metrics)
         try:
             ack: pb.PublishAck = await pb_grpc.RouterStub(ch).Publish(
                 forwarded, timeout=self._timeout_s, metadata=self._metadata)
@@ -177,7 +201,7 @@ class Publisher:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 # The owner is gone or stalled: take the publish ourselves (history orders it).
                 forwarded.hops = MAX_HOPS
-                self.submit(forwarded, done)
+                self._submit(forwarded, done)
                 return
             ack = error_ack(request, RouterError(e.details() or str(e.code())))
         ack.request_id = request.request_id

@@ -23,7 +23,7 @@ from services.common.store.factory import (
     build_ownership_store,
     open_backend,
 )
-from services.common.telemetry import new_registry
+from services.common.telemetry import GrpcMetrics, new_registry
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
 from services.router.publisher import Publisher
@@ -44,20 +44,28 @@ class RunningRouter:
 async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
     registry = new_registry()
     metrics = RouterMetrics(registry)
+    grpc_metrics = GrpcMetrics(registry)
     backend = open_backend(settings)
     members = build_membership_store(backend)
     ownership = Ownership(settings.node_id, build_ownership_store(backend, settings.history_ttl_s),
                           refresh_s=max(settings.membership_poll_s * 2, 1.0))
+
+    def ring_changed(members: dict[str, str]) -> None:
+        ownership.set_routers(set(members))
+        metrics.ring_changes.inc()
+
     routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
-                            on_change=lambda m: ownership.set_routers(set(m)))
+                            on_change=ring_changed)
+    metrics.watch(lambda: sum(1 for c in list(ownership.subs) if ownership.owns(c)),
+                  lambda: len(ownership.routers))
     histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
     history = HistoryClient(histories, service_token=settings.service_token,
-                            timeout_s=settings.rpc_timeout_s)
+                            timeout_s=settings.rpc_timeout_s, grpc_metrics=grpc_metrics)
     publisher = Publisher(ownership, history, routers, metrics,
                           service_token=settings.service_token, timeout_s=settings.forward_timeout_s,
                           batch_max=settings.publish_batch_max,
-                          pipeline_max=settings.router_link_queue_max)
-    server = new_server(settings.service_token)
+                          pipeline_max=settings.router_link_queue_max, grpc_metrics=grpc_metrics)
+    server = new_server(settings.service_token, grpc_metrics)
     pb_grpc.add_RouterServicer_to_server(
         RouterServicer(ownership, publisher, metrics, link_queue_max=settings.router_link_queue_max),
         server)

@@ -80,9 +80,11 @@ class RouterServicer(pb_grpc.RouterServicer):
             self._pub.submit(message.publish, reply)
         elif kind == "attach":
             channels = list(message.attach.channels)
+            self._m.attaches.inc(len(channels))
             await self._own.attach(link, channels)
             link.send(pb.RouterMessage(attached=pb.Attached(channels=channels)))
         elif kind == "detach":
+            self._m.detaches.inc(len(message.detach.channels))
             await self._own.detach(link, list(message.detach.channels))
 
     async def Publish(self, request: pb.PublishRequest, context: aio.ServicerContext) -> pb.PublishAck:  # type: ignore[type-arg]

@@ -122,6 +122,6 @@ async def test_bad_input_is_counted_in_metrics(cluster, tu) -> None:
     async with httpx.AsyncClient(timeout=5 * tu) as http:
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     # earlier tests in this module sent bad tokens and bad frames to edge 0
-    assert 'edge_auth_failures_total{reason="invalid_token"}' in text
+    assert 'edge_auth_total{result="invalid_token"}' in text
     assert 'edge_client_errors_total{code="unknown_type"}' in text
     assert 'edge_closes_total{code="4001"}' in text

@@ -67,7 +67,8 @@ class RecordingSubscriber:
     pushed: list[tuple[str, int, str, int]] = field(default_factory=list)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def push(self, frame: str, priority: int, channel: str, offset: int) -> None:
+    def push(self, frame: str, priority: int, channel: str, offset: int,
+             accepted: float = 0.0) -> None:
         self.pushed.append((frame, priority, channel, offset))
         self._grew.set()
 

@@ -361,7 +361,10 @@ async def test_max_len_trims_oldest_and_first_offset_follows(backend: Backend) -
     assert (read.top_offset, read.first_offset) == (8, 4)
     assert offsets_of(read) == [4, 5, 6, 7, 8]
 
-    await store.append("session:s", [ev("m9"), ev("m10")], new_epoch="E")
+    appended = await store.append("session:s", [ev("m9"), ev("m10")], new_epoch="E")
+    assert appended.trimmed == 2  # counted for history_trimmed_events_total
+    again = await store.append("session:s", [ev("m10")], new_epoch="E")
+    assert (again.duplicates, again.trimmed) == ([True], 0)
     read = await store.read("session:s", 2, 100)
     assert (read.epoch, read.top_offset, read.first_offset) == ("E", 10, 6)
     assert offsets_of(read) == [6, 7, 8, 9, 10]

@@ -24,7 +24,7 @@ def ephemeral(q: SendQueue, frame: str, priority: int = 3) -> bool:
 async def drain(q: SendQueue) -> list[str]:
     out = []
     while len(q):
-        out.append(await q.pop())
+        out.append((await q.pop())[0])
     return out
 
 
@@ -59,10 +59,10 @@ async def test_control_frame_pushed_behind_a_backlog_is_next_out() -> None:
     q = SendQueue(100)
     for i in range(10):
         durable(q, f"d{i}")
-    assert await q.pop() == "d0"
+    assert (await q.pop())[0] == "d0"
     control(q, "error")
-    assert await q.pop() == "error"
-    assert await q.pop() == "d1"
+    assert (await q.pop())[0] == "error"
+    assert (await q.pop())[0] == "d1"
 
 
 async def test_pop_waits_for_a_push() -> None:
@@ -72,7 +72,7 @@ async def test_pop_waits_for_a_push() -> None:
     await asyncio.sleep(0)
     assert not popper.done()
     durable(q, "d1")
-    assert await asyncio.wait_for(popper, 1.0) == "d1"
+    assert await asyncio.wait_for(popper, 1.0) == ("d1", 1, 0.0)
     assert len(q) == 0
 
 
@@ -135,7 +135,7 @@ async def test_room_again_after_a_pop() -> None:
     durable(q, "d1")
     durable(q, "d2")
     assert not durable(q, "d3")
-    assert await q.pop() == "d1"
+    assert (await q.pop())[0] == "d1"
     assert durable(q, "d3")
     assert await drain(q) == ["d2", "d3"]
 
@@ -169,7 +169,7 @@ async def test_wait_room_blocks_from_half_full_until_a_pop_releases_it(
     waiter = asyncio.create_task(q.wait_room())
     await asyncio.sleep(0.05 * tu)
     assert not waiter.done()
-    await q.pop()  # 4 left: less than half
+    (await q.pop())[0]  # 4 left: less than half
     await asyncio.wait_for(waiter, 1.0 * tu)
 
 
@@ -179,10 +179,10 @@ async def test_wait_room_stays_blocked_until_below_half(tu: float) -> None:
         durable(q, f"d{i}")
     waiter = asyncio.create_task(q.wait_room())
     for _ in range(3):  # 7, 6, 5 left: still at least half full
-        await q.pop()
+        (await q.pop())[0]
         await asyncio.sleep(0.02 * tu)
         assert not waiter.done()
-    await q.pop()  # 4 left
+    (await q.pop())[0]  # 4 left
     await asyncio.wait_for(waiter, 1.0 * tu)
     durable(q, "again")  # back to half full: blocks again
     assert not await wait_room_returns_soon(q, tu)
@@ -194,10 +194,10 @@ async def test_shedding_keeps_the_queue_full_and_wait_room_blocked(tu: float) ->
         ephemeral(q, f"t{i}")
     assert len(q) == 4
     assert not await wait_room_returns_soon(q, tu)
-    await q.pop()
-    await q.pop()
+    (await q.pop())[0]
+    (await q.pop())[0]
     assert not await wait_room_returns_soon(q, tu)  # 2 of 4: still half full
-    await q.pop()
+    (await q.pop())[0]
     assert await wait_room_returns_soon(q, tu)
 
 
@@ -218,7 +218,7 @@ async def test_paced_producer_never_fills_the_queue(tu: float) -> None:
     async def consume() -> list[str]:
         got = []
         for _ in frames:
-            got.append(await q.pop())
+            got.append((await q.pop())[0])
             await asyncio.sleep(0)
         return got
 
@@ -226,3 +226,13 @@ async def test_paced_producer_never_fills_the_queue(tu: float) -> None:
         _, got = await asyncio.gather(produce(), consume())
     assert got == frames
     assert peak <= 8 // 2
+
+
+async def test_pop_returns_the_lane_and_the_accepted_time() -> None:
+    q = SendQueue(10)
+    q.push("typing", 3, durable=False, accepted=12.5)
+    q.push("event", 2, durable=True, accepted=10.0)
+    q.push("reply", 1, durable=False)
+    assert await q.pop() == ("reply", 0, 0.0)
+    assert await q.pop() == ("event", 1, 10.0)
+    assert await q.pop() == ("typing", 2, 12.5)

@@ -38,6 +38,7 @@ class AppendResult:
     epoch: str
     offsets: list[int]
     duplicates: list[bool]
+    trimmed: int = 0    # older events dropped by this append to keep the stream at max_len
 
 
 @dataclass(frozen=True, slots=True)

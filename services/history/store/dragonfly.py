@@ -78,5 +78,8 @@ class DragonflyStreamStore:
 
 
 def _append_result(raw: list[Any]) -> AppendResult:
+    """append.lua's reply: {epoch, offset1, dup1, offset2, dup2, ..., trimmed}."""
     epoch = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
-    return AppendResult(epoch, [int(x) for x in raw[1::2]], [bool(int(x)) for x in raw[2::2]])
+    pairs = raw[1:-1]
+    return AppendResult(epoch, [int(x) for x in pairs[0::2]], [bool(int(x)) for x in pairs[1::2]],
+                        trimmed=int(raw[-1]))

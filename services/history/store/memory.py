@@ -54,6 +54,7 @@ class InMemoryStreamStore:
         if ch is None:
             ch = self._channels[channel] = _Channel(epoch=new_epoch)
         offsets, dups = [], []
+        trimmed = 0
         for ev in events:
             seen = ch.idem.get(ev.id)
             if seen is not None and seen[1] > now:
@@ -64,6 +65,7 @@ class InMemoryStreamStore:
             ch.events.append(StoredEvent(ch.top, ev.body, ev.priority))
             while len(ch.events) > self._limits.max_len:
                 ch.events.popleft()
+                trimmed += 1
             ch.idem[ev.id] = (ch.top, now + self._limits.idempotency_window_s)
             offsets.append(ch.top)
             dups.append(False)
@@ -71,7 +73,7 @@ class InMemoryStreamStore:
         ch.meta_expires = now + self._limits.meta_ttl_s
         if len(ch.idem) > 4 * self._limits.max_len:
             ch.idem = {k: v for k, v in ch.idem.items() if v[1] > now}
-        return AppendResult(ch.epoch, offsets, dups)
+        return AppendResult(ch.epoch, offsets, dups, trimmed)
 
     async def append_many(
         self, appends: Sequence[tuple[str, Sequence[NewEvent]]], *, new_epoch: str,
