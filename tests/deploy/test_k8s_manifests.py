@@ -4,7 +4,6 @@ the invariants an SRE relies on (probes, limits, security, drain, network isolat
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -116,7 +115,8 @@ def test_the_prometheus_rule_resource_carries_the_rules_file(rendered: dict[str,
 def test_the_committed_prometheus_rule_is_what_the_script_generates() -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("prometheusrule", ROOT / "deploy" / "prometheus" / "prometheusrule.py")
+    script = ROOT / "deploy" / "prometheus" / "prometheusrule.py"
+    spec = importlib.util.spec_from_file_location("prometheusrule", script)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -146,7 +146,8 @@ def test_the_operator_component_replaces_the_statefulset_with_a_dragonfly_resour
     assert re.fullmatch(r"docker\.dragonflydb\.io/dragonflydb/dragonfly:v\d+\.\d+\.\d+", spec["image"])
     assert set(spec["snapshot"]) <= {"dir", "cron", "enableOnMasterOnly", "persistentVolumeClaimSpec",
                                      "existingPersistentVolumeClaimName"}
-    assert spec["snapshot"]["cron"] and spec["snapshot"]["persistentVolumeClaimSpec"]["resources"]["requests"]["storage"]
+    assert spec["snapshot"]["cron"]
+    assert spec["snapshot"]["persistentVolumeClaimSpec"]["resources"]["requests"]["storage"]
     assert not any(a.startswith("--cluster_mode") for a in spec.get("args", []))
     assert set(spec["pdb"]) <= {"minAvailable", "maxUnavailable"}
     assert spec["podMetadata"]["labels"]["app.kubernetes.io/component"] == "store"
@@ -192,7 +193,8 @@ def test_each_tier_has_its_deployment_service_autoscaler_budget_and_account(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_probes_http_for_the_edge_grpc_for_router_and_history(rendered: dict[str, list[Manifest]], overlay: str) -> None:
+def test_probes_http_for_the_edge_grpc_for_router_and_history(
+        rendered: dict[str, list[Manifest]], overlay: str) -> None:
     for tier, dep in deployments(rendered[overlay]).items():
         c = container(dep)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -240,8 +242,6 @@ def test_resources_security_and_drain(rendered: dict[str, list[Manifest]], overl
 
 
 def test_prod_is_bigger_than_dev_and_scales_wider(rendered: dict[str, list[Manifest]]) -> None:
-    from kubernetes_validate import utils  # noqa: F401  (same package as the schemas)
-
     def cpu(q: str) -> float:
         return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
 
@@ -437,7 +437,7 @@ def test_the_ingress_serves_websockets_over_tls_to_the_edge(rendered: dict[str, 
     assert not find(rendered["dev"], "Ingress"), "dev uses Tilt's port-forward"
 
 
-def test_kustomize_files_parse(tmp_path: Path) -> None:
+def test_kustomize_files_parse() -> None:
     """Every YAML file under k8s/ parses (a broken file in an unused component would go unseen)."""
     for path in (ROOT / "k8s").rglob("*.yaml"):
         docs = list(yaml.safe_load_all(path.read_text()))
