@@ -204,8 +204,11 @@ def test_probes_http_for_the_edge_grpc_for_router_and_history(
                 http = c[probe]["httpGet"]
                 assert http["path"] == ("/readyz" if probe == "readinessProbe" else "/healthz")
                 assert http["port"] in ports
-            else:
+            elif tier == "router" or probe == "readinessProbe":
                 assert c[probe]["grpc"]["port"] == ports["grpc"], (tier, probe)
+            else:
+                # history's gRPC health follows the store: liveness must not restart it for that
+                assert c[probe]["tcpSocket"]["port"] == "grpc", (tier, probe)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -341,7 +344,7 @@ def test_ports_agree_with_the_settings_and_the_image(rendered: dict[str, list[Ma
         for sp in svc["spec"]["ports"]:
             assert sp["targetPort"] in ports and sp["port"] == ports[sp["targetPort"]], (tier, sp)
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            handler = c[probe].get("httpGet") or c[probe].get("grpc")
+            handler = c[probe].get("httpGet") or c[probe].get("grpc") or c[probe].get("tcpSocket")
             port = handler["port"]
             assert (ports[port] if isinstance(port, str) else port) == app_port, (tier, probe)
         assert c["args"] == [tier]
