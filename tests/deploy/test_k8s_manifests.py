@@ -362,6 +362,8 @@ def test_the_store_url_points_at_the_store_service(rendered: dict[str, list[Mani
         assert int(m.group(2)) in {p["port"] for p in svc["spec"]["ports"]}
         args = container(sts)["args"]
         assert "--dir=/data" in args and any(a.startswith("--snapshot_cron=") for a in args)
+        # the overlays patch the threads by position: the patched slot must be that flag
+        assert sum(a.startswith("--proactor_threads=") for a in args) == 1 and len(args) == 6
         assert not any(a.startswith("--cluster_mode") for a in args)
         assert re.fullmatch(r"docker\.dragonflydb\.io/dragonflydb/dragonfly:v\d+\.\d+\.\d+", container(sts)["image"])
         assert {"readinessProbe", "livenessProbe"} <= set(container(sts))
