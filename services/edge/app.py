@@ -35,6 +35,7 @@ from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
 from services.edge.session import Session
+from services.edge.wsproto import SwitchboardWebSocketProtocol
 
 log = structlog.get_logger("switchboard.edge")
 MAX_PUBLISH_BODY = 256 * 1024
@@ -55,7 +56,8 @@ def _error(status: int, code: str, message: str) -> JSONBody:
 def server_config(settings: Settings) -> uvicorn.Config:
     """The one uvicorn configuration of an edge, whether it runs alone or beside other tiers."""
     return uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, ws="websockets-sansio",
+        create_app(settings), host=settings.host, port=settings.port, ws=SwitchboardWebSocketProtocol,
+        ws_per_message_deflate=False,  # prepared frames are written as they are (wsproto.py)
         ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_interval_s, lifespan="on", log_config=None,
         access_log=False, timeout_graceful_shutdown=int(settings.drain_grace_s) or 1,
@@ -272,8 +274,8 @@ async def stats(request: Request) -> Response:
                          if s.name.endswith("_total")))
 
     queues = [len(s.queue) for s in ctx.sessions]
-    frames_in, frames_out = total(m.messages_in), total(m.frames_out_by_lane)
-    bytes_in, bytes_out = total(m.bytes_in), total(m.bytes_out_by_lane)
+    frames_in, frames_out = total(m.messages_in), float(sum(m.frames_out))
+    bytes_in, bytes_out = total(m.bytes_in), float(sum(m.bytes_out))
     connected = len(ctx.sessions)
     return JSONBody({
         "node_id": ctx.settings.node_id,

@@ -20,15 +20,17 @@ from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.tasks import cancel_and_wait
 from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
+from services.edge.wsproto import text_frame
 
 log = structlog.get_logger("switchboard.edge")
 REPAIR_PAGE = 500
 
 
 class Subscriber(Protocol):
-    def push(self, frame: str, priority: int, channel: str, offset: int,
+    def push(self, frame: bytes, priority: int, channel: str, offset: int,
              accepted: float = 0.0) -> None:
-        """Queue a frame; must not block (overflow closes the subscriber). `accepted` is when
+        """Send or queue a prepared WebSocket frame (wsproto.text_frame); must not block
+        (overflow closes the subscriber). `accepted` is when
         its publish was accepted (unix seconds; 0 for repairs), for the delivery latency."""
         ...
 
@@ -194,7 +196,7 @@ class Hub:
             self._start_repair(channel, state)
 
     def _fan_out(self, state: ChannelState, d: pb.Delivery) -> None:
-        frame = d.frame.decode()  # once per event, shared by every subscriber
+        frame = text_frame(d.frame)  # the WebSocket frame, built once for every subscriber
         accepted = d.accepted_unix_us / 1e6
         for sub in list(state.subscribers):
             sub.push(frame, d.priority, d.channel, d.offset, accepted)

@@ -1,16 +1,20 @@
 """The edge's Prometheus metrics and the counters behind /api/v1/stats.
 
 Names and labels follow the metrics contract shared with the dashboards and alerts. Gauges over
-the open connections (count by endpoint, send-queue depth) are computed when scraped.
+the open connections (count by endpoint, send-queue depth) are computed when scraped. What is
+counted once per delivered frame (frames and bytes out, delivery latency) is kept in plain
+integers and lists, read when scraped: a prometheus-client counter or histogram takes a lock on
+every update, which would cost more than the write itself.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterator, Sized
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.common.telemetry import FAST_BUCKETS
@@ -37,19 +41,12 @@ class EdgeMetrics:
                               ["code"], registry=registry)
         self.messages_in = Counter("edge_frames_in_total", "Client frames handled, by type",
                                    ["type"], registry=registry)
-        self.frames_out_by_lane = Counter("edge_frames_out_total", "Frames written to clients, by lane",
-                                          ["lane"], registry=registry)
-        self.bytes_out_by_lane = Counter("edge_bytes_out_total", "Bytes written to clients, by lane",
-                                         ["lane"], registry=registry)
-        # Resolved once: the writer indexes them by lane for every frame.
-        self.frames_out = tuple(self.frames_out_by_lane.labels(lane) for lane in LANES)
-        self.bytes_out = tuple(self.bytes_out_by_lane.labels(lane) for lane in LANES)
+        # Per delivered frame, by lane index: plain lists, exported by _HotCollector.
+        self.frames_out = [0, 0, 0]
+        self.bytes_out = [0, 0, 0]
+        self.delivery_latency = LatencyHistogram(FAST_BUCKETS)
         self.bytes_in = Counter("edge_bytes_in_total", "Bytes received from clients",
                                 registry=registry)
-        self.delivery_seconds = Histogram(
-            "edge_delivery_latency_seconds",
-            "Publish accepted by an edge until the frame is written to a client (live deliveries)",
-            buckets=FAST_BUCKETS, registry=registry)
         self.errors = Counter("edge_client_errors_total", "Error events sent, by code",
                               ["code"], registry=registry)
         self.deliveries = Counter("edge_deliveries_total", "Events received from routers",
@@ -78,6 +75,7 @@ class EdgeMetrics:
         self.ready = Gauge("edge_ready", "1 when /readyz answers 200 (refreshed every few seconds)",
                            registry=registry)
         self._registry = registry
+        registry.register(_HotCollector(self))
         self.peak = 0
 
     def connected(self, current: int) -> None:
@@ -119,3 +117,43 @@ class _LiveCollector(Collector):
             fullest.add_metric([], top)
             routers.add_metric([], self._routers_connected())
         return [active, frames, fullest, routers]
+
+
+class LatencyHistogram:
+    """A histogram updated without a lock (one event loop writes it), read at scrape time."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return out
+
+
+class _HotCollector(Collector):
+    def __init__(self, m: EdgeMetrics) -> None:
+        self._m = m
+
+    def collect(self) -> Iterator[Metric]:
+        frames = CounterMetricFamily("edge_frames_out", "Frames written to clients, by lane", labels=["lane"])
+        sent = CounterMetricFamily("edge_bytes_out", "Bytes written to clients, by lane", labels=["lane"])
+        for i, lane in enumerate(LANES):
+            frames.add_metric([lane], self._m.frames_out[i])
+            sent.add_metric([lane], self._m.bytes_out[i])
+        latency = HistogramMetricFamily(
+            "edge_delivery_latency_seconds",
+            "Publish accepted by an edge until the frame is written to a client (live deliveries)")
+        h = self._m.delivery_latency
+        latency.add_metric([], h.buckets(), h.sum)
+        return iter([frames, sent, latency])

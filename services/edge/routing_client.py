@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 import structlog
@@ -269,11 +269,13 @@ class RouterPool:
 
     # ---- publish ---------------------------------------------------------------------------
 
-    async def publish(self, channel: str, event: hpb.Event, *, ephemeral: bool = False) -> pb.PublishAck:
+    async def publish(self, channel: str, event: hpb.Event, *, ephemeral: bool = False,
+                      more: Sequence[hpb.Event] = ()) -> pb.PublishAck:
         """Publish and wait for the ack, retried until the publish deadline: on a lost stream, on
         an answer whose code is retryable (common/errors.py: unavailable, busy, overloaded), and on
         a router that does not answer within a third of the deadline (stalled), which is then
-        avoided. Retries carry the same event id, so they are stored once. Raises
+        avoided. Retries carry the same event ids, so they are stored once; `more` events are
+        stored right after `event`, all or none, in order. Raises
         PublishRejectedError (its code), PublishTimeoutError or UpstreamUnavailableError."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout_s
@@ -287,7 +289,7 @@ class RouterPool:
             if link is not None:
                 request = pb.PublishRequest(request_id=next(self._ids), channel=channel,
                                             event=event, ephemeral=ephemeral,
-                                            accepted_unix_us=accepted_us)
+                                            accepted_unix_us=accepted_us, more=more)
                 fut = link.publish(request)
                 try:
                     async with asyncio.timeout(min(remaining, attempt_s)):

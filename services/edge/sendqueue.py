@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Generic, TypeVar
+
+F = TypeVar("F")  # a frame: prepared WebSocket frame bytes at the edge, anything in tests
 
 
-class SendQueue:
+class SendQueue(Generic[F]):
     def __init__(self, max_items: int) -> None:
-        self._lanes: tuple[deque[tuple[str, float]], ...] = (deque(), deque(), deque())
+        self._lanes: tuple[deque[tuple[F, float]], ...] = (deque(), deque(), deque())
         self.max_items = max_items
         self._half = max(1, max_items // 2)
         self._size = 0
@@ -33,7 +36,7 @@ class SendQueue:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, frame: str, priority: int, durable: bool, accepted: float = 0.0) -> bool:
+    def push(self, frame: F, priority: int, durable: bool, accepted: float = 0.0) -> bool:
         lane = 1 if durable else (0 if priority <= 1 else 2)
         if self._size >= self.max_items:
             if not self._lanes[2]:
@@ -51,19 +54,28 @@ class SendQueue:
             self._room.clear()
         return True
 
-    async def pop(self) -> tuple[str, int, float]:
-        """The next frame, its lane (0 control, 1 durable, 2 ephemeral) and its accepted time."""
+    async def wait_ready(self) -> None:
+        """Wait until something is queued."""
         while self._size == 0:
             self._ready.clear()
             await self._ready.wait()
-        self._size -= 1
+
+    def pop_many(self, limit: int) -> list[tuple[F, int, float]]:
+        """Up to `limit` frames in send order (lane 0 first): (frame, lane, accepted)."""
+        out: list[tuple[F, int, float]] = []
+        for i, lane in enumerate(self._lanes):
+            while lane and len(out) < limit:
+                frame, accepted = lane.popleft()
+                out.append((frame, i, accepted))
+        self._size -= len(out)
         if self._size < self._half:
             self._room.set()
-        for i, lane in enumerate(self._lanes):
-            if lane:
-                frame, accepted = lane.popleft()
-                return frame, i, accepted
-        raise AssertionError("size and lanes disagree")
+        return out
+
+    async def pop(self) -> tuple[F, int, float]:
+        """The next frame, its lane (0 control, 1 durable, 2 ephemeral) and its accepted time."""
+        await self.wait_ready()
+        return self.pop_many(1)[0]
 
     async def wait_room(self) -> None:
         """Wait until the queue is less than half full (paced producers such as a replay)."""

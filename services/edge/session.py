@@ -28,10 +28,13 @@ from services.edge.context import EdgeContext
 from services.edge.errors import EdgeError
 from services.edge.ratelimit import TokenBucket
 from services.edge.sendqueue import SendQueue
+from services.edge.wsproto import EXTENSION, FrameWriter, payload_of, text_frame
 
 log = structlog.get_logger("switchboard.edge")
 Kind = Literal["chat", "agent_status"]
+WRITE_BATCH = 256  # frames written in one transport write when a backlog drains
 MAX_INFLIGHT_PUBLISHES = 64  # a connection's publishes queued or in flight
+PUBLISH_UNIT_MAX = 32  # queued messages of one connection sent as one atomic, ordered unit
 RECOVER_PAGE = 500
 
 
@@ -67,14 +70,17 @@ class Session:
         self.session_id: str | None = None
         self.channels: set[str] = set()
         self.offsets: dict[str, int] = {}   # channel -> last offset queued to this client
-        self.queue = SendQueue(ctx.settings.send_queue_max)
+        self.queue: SendQueue[bytes] = SendQueue(ctx.settings.send_queue_max)
+        # Prepared frames go straight to the transport (see wsproto.py); None: the ASGI path.
+        self._frames: FrameWriter | None = ws.scope.get("extensions", {}).get(EXTENSION)
+        self._direct = False  # set once the auth reply is out: frames may bypass the queue
         self._closing: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_PUBLISHES)
         self._outbox: deque[tuple[str, hpb.Event]] = deque()  # durable publishes, in send order
         self._sender: asyncio.Task[None] | None = None
         # channel -> live frames held while the channel's missed events are replayed
-        self._recovering: dict[str, list[tuple[str, int, int]]] = {}
+        self._recovering: dict[str, list[tuple[bytes, int, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._bucket = TokenBucket(ctx.settings.client_rate_per_s, ctx.settings.client_burst)
         self._refused = 0  # frames refused by the rate limit since the last accepted one
@@ -115,9 +121,14 @@ class Session:
         # The close frame waits behind what the socket still holds: a client that resumes
         # reading within the grace gets the code (4008 for a slow consumer); one that never
         # reads again has its TCP connection dropped when the grace runs out (it sees 1006).
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(self.ctx.settings.drain_grace_s):
                 await self.ws.close(int(code), reason_of(code))
+        except TimeoutError:
+            log.info("close_frame_not_sent", code=int(code), reason="client did not read",
+                     buffered_bytes=self._frames.buffered if self._frames else None)
+        except Exception as e:  # the socket is already gone
+            log.debug("close_failed", code=int(code), error=repr(e))
         structlog.contextvars.unbind_contextvars("connection_id")
 
     def close_with(self, code: CloseCode) -> None:
@@ -184,6 +195,7 @@ class Session:
             "recovered": {c: r.answer for c, r in recovery.items()} or None,
         }
         await self._send_now(wire.encode(reply).decode())
+        self._direct = self._frames is not None  # nothing may overtake the auth reply
         self._start_replays(recovery)
         self._push_event("connection_established", {
             "connection_id": self.connection_id, "user_id": p.user_id,
@@ -296,38 +308,44 @@ class Session:
         # which is back-pressure on a flooding client instead of unbounded tasks.
         await self._inflight.acquire()
         if ephemeral:  # typing indicators: no order, no retry
-            self._spawn(self._await_publish(channel, event, ephemeral))
+            self._spawn(self._await_publish(channel, [event], ephemeral))
             return
         self._outbox.append((channel, event))
         if self._sender is None:
             self._sender = self._spawn(self._send_in_order())
 
     async def _send_in_order(self) -> None:
-        """Durable publishes of a connection go one at a time, in the order the client sent
-        them: a publish being retried (same id) is never overtaken by a later one, so one
-        connection's messages are stored in order, retries included."""
+        """A connection's durable publishes leave in the order the client sent them, one unit
+        in flight at a time: what queued meanwhile for the same channel goes as the next unit,
+        which history stores whole or not at all. A unit being retried (same ids) is never
+        overtaken by a later one, so one connection's messages are stored in order, retries
+        included, without waiting a round trip per message."""
         try:
             while self._outbox:
-                channel, event = self._outbox[0]
-                await self._await_publish(channel, event, ephemeral=False)
-                self._outbox.popleft()
+                channel = self._outbox[0][0]
+                unit: list[hpb.Event] = []
+                while self._outbox and self._outbox[0][0] == channel and len(unit) < PUBLISH_UNIT_MAX:
+                    unit.append(self._outbox.popleft()[1])
+                await self._await_publish(channel, unit, ephemeral=False)
         finally:
             self._sender = None
 
-    async def _await_publish(self, channel: str, event: hpb.Event, ephemeral: bool) -> None:
+    async def _await_publish(self, channel: str, events: list[hpb.Event], ephemeral: bool) -> None:
         m = self.ctx.metrics
         try:
             with m.publish_seconds.time():
-                await self.ctx.pool.publish(channel, event, ephemeral=ephemeral)
-            m.publishes.labels("client", "ok").inc()
+                await self.ctx.pool.publish(channel, events[0], ephemeral=ephemeral, more=events[1:])
+            m.publishes.labels("client", "ok").inc(len(events))
         except EdgeError as e:
-            m.publishes.labels("client", e.code).inc()
+            m.publishes.labels("client", e.code).inc(len(events))
             if not ephemeral:
-                self._push_event("connection_error", {
-                    "code": e.code, "message": f"message not stored: {e}",
-                    "message_id": event.id, "retryable": e.retryable})
+                for event in events:
+                    self._push_event("connection_error", {
+                        "code": e.code, "message": f"message not acknowledged: {e}",
+                        "message_id": event.id, "retryable": e.retryable})
         finally:
-            self._inflight.release()
+            for _ in events:
+                self._inflight.release()
 
     async def _on_subscribe(self, frame: wire.SubscribeFrame) -> None:
         unsubscribed = []
@@ -377,7 +395,7 @@ class Session:
         except HistoryCallError as e:
             self._error(f"history unavailable: {e}", e.code)
             return
-        self.push(history_frame(channel, got).decode(), 1, channel, 0)
+        self.push(text_frame(history_frame(channel, got)), 1, channel, 0)
 
     # ---- recovery --------------------------------------------------------------------------
 
@@ -440,7 +458,7 @@ class Session:
             while page:
                 for ev in page:
                     await self.queue.wait_room()
-                    self._deliver(ev.frame.decode(), ev.priority, r.channel, ev.offset)
+                    self._deliver(text_frame(ev.frame), ev.priority, r.channel, ev.offset)
                 if not more:
                     break
                 got = await self.ctx.history.read(r.channel, page[-1].offset, limit=RECOVER_PAGE)
@@ -455,10 +473,10 @@ class Session:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def push(self, frame: str, priority: int, channel: str, offset: int,
+    def push(self, frame: bytes, priority: int, channel: str, offset: int,
              accepted: float = 0.0) -> None:
-        """Queue a frame (Subscriber protocol). Drops what this client already has; a full
-        queue closes the connection with 4008."""
+        """Send or queue a prepared frame (Subscriber protocol). Drops what this client already
+        has; a full queue closes the connection with 4008."""
         if offset and channel in self._recovering:
             held = self._recovering[channel]
             if len(held) >= self.queue.max_items:
@@ -468,14 +486,28 @@ class Session:
             return
         self._deliver(frame, priority, channel, offset, accepted)
 
-    def _deliver(self, frame: str, priority: int, channel: str, offset: int,
+    def _deliver(self, frame: bytes, priority: int, channel: str, offset: int,
                  accepted: float = 0.0) -> None:
         if offset:
             if offset <= self.offsets.get(channel, 0):
                 return
             self.offsets[channel] = offset
+        # Nothing queued and the socket takes data: write now, in this loop iteration, with no
+        # task switch. Otherwise queue it (lanes, bound, 4008) for the writer task.
+        frames = self._frames
+        if self._direct and frames is not None and not self.queue and frames.writable:
+            frames.write((frame,))
+            self._count_out(frame, 1 if offset else (0 if priority <= 1 else 2), accepted)
+            return
         if not self.queue.push(frame, priority, durable=offset > 0, accepted=accepted):
             self._overflow()
+
+    def _count_out(self, frame: bytes, lane: int, accepted: float) -> None:
+        m = self.ctx.metrics
+        m.frames_out[lane] += 1
+        m.bytes_out[lane] += len(frame)
+        if accepted:  # a live delivery: publish accepted -> written to this socket
+            m.delivery_latency.observe(time.time() - accepted)
 
     def _overflow(self) -> None:
         if self._closing is None:
@@ -486,20 +518,31 @@ class Session:
     def _push_event(self, event_type: str, payload: dict[str, Any]) -> None:
         body = wire.encode_body(event_type, payload, session_id=self.session_id,
                                 user_id=self.principal.user_id if self.principal else None)
-        self.push(body.decode(), wire.priority_of(event_type), "", 0)
+        self.push(text_frame(body), wire.priority_of(event_type), "", 0)
 
     def _error(self, message: str, code: str) -> None:
         self.ctx.metrics.errors.labels(code).inc()
         self._push_event("error", {"code": code, "message": message})
 
     async def _write_loop(self) -> None:
+        """Drain what could not be written at once (before the auth reply, or while the socket
+        was full): whole batches in one transport write, as soon as the socket takes data."""
         self._writer = asyncio.current_task()
         try:
             while True:
-                frame, lane, accepted = await self.queue.pop()
-                await self._send_now(frame, lane)
-                if accepted:  # a live delivery: publish accepted -> written to this socket
-                    self.ctx.metrics.delivery_seconds.observe(time.time() - accepted)
+                await self.queue.wait_ready()
+                if self._frames is None:
+                    frame, lane, accepted = await self.queue.pop()
+                    await self.ws.send_text(payload_of(frame).decode())
+                    self._count_out(frame, lane, accepted)
+                    continue
+                await self._frames.wait_writable()
+                if not self._frames.open:
+                    return  # closed under us: run() ends the connection
+                batch = self.queue.pop_many(WRITE_BATCH)
+                self._frames.write([frame for frame, _, _ in batch])
+                for frame, lane, accepted in batch:
+                    self._count_out(frame, lane, accepted)
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the socket is gone (starlette raises RuntimeError once it is closed)
         except asyncio.CancelledError:
@@ -507,10 +550,11 @@ class Session:
                 raise
             # close_with() stopped us: end normally so that run() closes with its code
 
-    async def _send_now(self, text: str, lane: int = 0) -> None:
+    async def _send_now(self, text: str) -> None:
+        """Through ASGI, before the connection is live (auth replies)."""
         await self.ws.send_text(text)
-        self.ctx.metrics.frames_out[lane].inc()
-        self.ctx.metrics.bytes_out[lane].inc(len(text))
+        self.ctx.metrics.frames_out[0] += 1
+        self.ctx.metrics.bytes_out[0] += len(text)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)

@@ -20,6 +20,7 @@ import structlog
 from grpc import aio
 
 from services.common import wire
+from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.history_client import HistoryCallError, HistoryClient
@@ -41,6 +42,11 @@ AckCallback = Callable[[pb.PublishAck], None]
 class _Pipeline:
     items: deque[tuple[pb.PublishRequest, AckCallback]] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
+
+
+def events_of(request: pb.PublishRequest) -> list[hpb.Event]:
+    """A request's events in order: `event`, then the sender's further events in `more`."""
+    return [request.event, *request.more]
 
 
 def error_ack(request: pb.PublishRequest, err: RouterError) -> pb.PublishAck:
@@ -87,7 +93,7 @@ class Publisher:
         return not self._own.owns(request.channel) and request.hops < MAX_HOPS
 
     def _submit(self, request: pb.PublishRequest, done: AckCallback) -> None:
-        if not wire.valid_body(request.event.body) or not request.channel:
+        if not request.channel or not all(wire.valid_body(ev.body) for ev in events_of(request)):
             self._m.publishes.labels("invalid").inc()
             done(error_ack(request, InvalidPublishError("event body must be a JSON object")))
             return
@@ -127,8 +133,12 @@ class Publisher:
     async def _drain(self, channel: str, pipe: _Pipeline) -> None:
         try:
             while pipe.items:
-                n = min(len(pipe.items), self._batch_max)
-                batch = [pipe.items.popleft() for _ in range(n)]
+                # Up to batch_max events per append; a request's events are never split.
+                batch = [pipe.items.popleft()]
+                events = len(batch[0][0].more) + 1
+                while pipe.items and events + len(pipe.items[0][0].more) + 1 <= self._batch_max:
+                    batch.append(pipe.items.popleft())
+                    events += len(batch[-1][0].more) + 1
                 await self._append_and_fan_out(channel, batch)
         finally:
             pipe.task = None
@@ -140,30 +150,36 @@ class Publisher:
     ) -> None:
         try:
             with self._m.append_seconds.time():
-                resp = await self._appender.append(channel, [req.event for req, _ in batch])
+                resp = await self._appender.append(channel, [ev for req, _ in batch for ev in events_of(req)])
         except HistoryCallError as e:
             self._m.publishes.labels(e.code).inc(len(batch))
-            log.warning("append_failed", channel=channel, error=str(e), events=len(batch))
+            log.warning("append_failed", channel=channel, error=str(e), requests=len(batch))
             for req, done in batch:
                 done(pb.PublishAck(request_id=req.request_id, error_code=e.code,
                                    error_message=str(e)))
             return
         targets = await self._own.targets(channel)
-        for (req, done), res in zip(batch, resp.results, strict=True):
-            # Duplicates are delivered again: edges drop what they already have by offset, and a
-            # retry after a crash between append and fan-out must still reach subscribers.
-            delivery = pb.RouterMessage(delivery=pb.Delivery(
-                channel=channel, offset=res.offset, epoch=resp.epoch,
-                frame=wire.seal(req.event.body, res.offset, resp.epoch),
-                priority=req.event.priority, accepted_unix_us=req.accepted_unix_us))
-            for link in targets:
-                link.send(delivery)
-            self._m.deliveries.inc(len(targets))
-            self._m.fanout.observe(len(targets))
-            self._m.publishes.labels("duplicate" if res.duplicate else "ok").inc()
-            done(pb.PublishAck(request_id=req.request_id, offset=res.offset,
-                               epoch=resp.epoch, duplicate=res.duplicate))
-        self.published[channel] = self.published.get(channel, 0) + len(batch)
+        results = iter(resp.results)
+        for req, done in batch:
+            first: hpb.Appended | None = None
+            for ev in events_of(req):
+                res = next(results)
+                first = first or res
+                # Duplicates are delivered again: edges drop what they already have by offset,
+                # and a retry after a crash between append and fan-out must still reach them.
+                delivery = pb.RouterMessage(delivery=pb.Delivery(
+                    channel=channel, offset=res.offset, epoch=resp.epoch,
+                    frame=wire.seal(ev.body, res.offset, resp.epoch),
+                    priority=ev.priority, accepted_unix_us=req.accepted_unix_us))
+                for link in targets:
+                    link.send(delivery)
+                self._m.deliveries.inc(len(targets))
+                self._m.fanout.observe(len(targets))
+                self._m.publishes.labels("duplicate" if res.duplicate else "ok").inc()
+            assert first is not None
+            done(pb.PublishAck(request_id=req.request_id, offset=first.offset,
+                               epoch=resp.epoch, duplicate=first.duplicate))
+        self.published[channel] = self.published.get(channel, 0) + len(resp.results)
 
     def _fan_out(self, channel: str, delivery: pb.Delivery) -> None:
         message = pb.RouterMessage(delivery=delivery)

@@ -28,6 +28,7 @@ from services.common.store.memory import memory_backend
 from services.common.telemetry import new_registry
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
+from services.edge.wsproto import payload_of, text_frame
 from services.history.server import running
 
 TOKEN = "test-service-token"
@@ -67,9 +68,11 @@ class RecordingSubscriber:
     pushed: list[tuple[str, int, str, int]] = field(default_factory=list)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def push(self, frame: str, priority: int, channel: str, offset: int,
+    def push(self, frame: bytes, priority: int, channel: str, offset: int,
              accepted: float = 0.0) -> None:
-        self.pushed.append((frame, priority, channel, offset))
+        payload = payload_of(frame)
+        assert text_frame(payload) == frame, "not one prepared text frame"
+        self.pushed.append((payload.decode(), priority, channel, offset))
         self._grew.set()
 
     @property
