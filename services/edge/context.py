@@ -17,6 +17,8 @@ from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
 
 if TYPE_CHECKING:
+    from services.edge.demo_agent import DemoAgent
+    from services.edge.presence import PresenceTracker
     from services.edge.session import Session
 
 
@@ -33,3 +35,5 @@ class EdgeContext:
     sessions: set[Session] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     draining: bool = False
+    presence: PresenceTracker | None = None
+    agent: DemoAgent | None = None  # only in demo mode
