@@ -389,6 +389,8 @@ async def demo_config(request: Request) -> Response:
     if not (valid_id(user) and valid_id(session)):
         return _error(400, "invalid_id", "user and session must be 1-128 characters of [A-Za-z0-9_-]")
     edges: MemberWatcher | None = request.state.edges
+    if edges is not None:
+        await edges.refresh()  # a page load is rare: ask the store rather than wait for a poll
     members = dict(edges.members) if edges is not None else {}
     members[ctx.settings.node_id] = ctx.settings.advertised
     own = members.pop(ctx.settings.node_id)
