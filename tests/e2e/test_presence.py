@@ -61,6 +61,7 @@ async def test_joins_queries_and_leaves_across_edges(cluster, clients, sid, tu) 
 
     # A second connection of alice (on the other edge) is no join; the counts show it.
     await connect(clients, cluster, 1, "alice", sid)
+    await eventually_present(alice, channel, {"alice": 2, "bob": 1}, 5 * tu)
     answer = await alice.presence(channel, 5 * tu)
     assert answer == {"channel": channel, "count": 2, "users": [
         {"user_id": "alice", "connections": 2}, {"user_id": "bob", "connections": 1}]}
