@@ -99,7 +99,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         from services.devsingle import run_single_process
 
         return asyncio.run(run_single_process(args.edges, args.routers, args.port))
-    env = {"SWITCHBOARD_LOG_JSON": "false"}
+    env = {"SWITCHBOARD_LOG_JSON": "false", "SWITCHBOARD_DEMO": os.environ.get("SWITCHBOARD_DEMO", "true")}
     configure_logging(json=False)
     cluster = DevCluster(edges=args.edges, routers=args.routers, port=args.port,
                          store_url=args.store, env=env)

@@ -32,7 +32,7 @@ class _EmbeddedServer(uvicorn.Server):
 def _settings(node_id: str, port: int) -> Settings:
     return Settings(node_id=node_id, port=port, store_url="memory://dev",
                     jwt_secret=DEV_JWT_SECRET, service_token=DEV_SERVICE_TOKEN,
-                    allow_any_session=True, log_json=False)
+                    allow_any_session=True, log_json=False, demo=True)
 
 
 async def run_single_process(edges: int, routers: int, port: int) -> int:

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     ping_interval_s: float = 20.0
     drain_grace_s: float = 5.0
 
+    # presence (session channels): leases renewed every ttl/3; big sessions get summaries
+    presence_events: bool = True
+    presence_ttl_s: float = Field(default=10.0, gt=0)
+    presence_event_max_users: int = Field(default=100, ge=0)
+    presence_throttle_s: float = Field(default=1.0, gt=0)
+
+    # demo page and demo agent (`switchboard dev` turns them on)
+    demo: bool = False
+    demo_dir: str = ""  # empty: clients/typescript/dist/demo in the repository
+    demo_agent_max_runs: int = Field(default=4, ge=1)
+
     # router
     router_link_queue_max: int = 50_000
     publish_batch_max: int = 256

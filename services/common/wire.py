@@ -42,6 +42,7 @@ PRIORITY = {
     "presence_response": 1, "system_message": 1,
     "chat_message_chunk": 3, "tool_call_progress": 3, "agent_task_progress": 3,
     "user_typing": 3, "chat_typing_start": 3, "chat_typing_stop": 3,
+    "presence_join": 3, "presence_leave": 3,
 }
 
 

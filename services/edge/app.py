@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,31 +17,35 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from services.common import wire
-from services.common.auth import AuthError, Principal, TokenVerifier, normalize_channel
+from services.common.auth import AuthError, Principal, TokenVerifier, mint_token, normalize_channel, valid_id
 from services.common.close_codes import CloseCode
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import LeaseKeeper, MemberWatcher
 from services.common.settings import Settings
-from services.common.store.factory import build_membership_store, open_backend
+from services.common.store.base import MembershipStore, StoreError
+from services.common.store.factory import Backend, build_membership_store, build_presence_store, open_backend
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics, new_registry
 from services.edge.context import EdgeContext
+from services.edge.demo_agent import DemoAgent
 from services.edge.errors import EdgeError
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
+from services.edge.presence import PresenceTracker
 from services.edge.routing_client import RouterPool
-from services.edge.session import Session
+from services.edge.session import Session, presence_payload
 from services.edge.wsproto import SwitchboardWebSocketProtocol
 
 log = structlog.get_logger("switchboard.edge")
 MAX_PUBLISH_BODY = 256 * 1024
 READY_REFRESH_S = 2.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class JSONBody(Response):
@@ -98,14 +104,18 @@ def create_app(settings: Settings) -> Starlette:
                           pool, history, hub, metrics, registry)
         metrics.watch(ctx.sessions, pool.connected_count)
         ready_task: asyncio.Task[None] | None = None
+        presence, agent, edges = _extras(settings, backend, members, ctx)
         try:
             await histories.start()
             await routers.start()
             pool.set_routers(routers.members)
             await lease.start()
             ready_task = asyncio.create_task(_refresh_ready(ctx), name="edge-ready")
+            await presence.start()
+            if edges is not None:
+                await edges.start()
             log.info("edge_started", node_id=settings.node_id, port=settings.port)
-            yield {"ctx": ctx}
+            yield {"ctx": ctx, "edges": edges}
         finally:
             ctx.draining = True
             metrics.ready.set(0)
@@ -113,6 +123,11 @@ def create_app(settings: Settings) -> Starlette:
             await lease.aclose()
             for session in list(ctx.sessions):
                 session.close_with(CloseCode.SERVICE_RESTART)
+            if agent is not None:
+                await agent.aclose()
+            await presence.aclose()  # before the router links close: its leaves are announced
+            if edges is not None:
+                await edges.aclose()
             await routers.aclose()
             await histories.aclose()
             await hub.aclose()
@@ -135,6 +150,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
+    routes.append(Route("/api/v1/channels/{channel}/presence", channel_presence, methods=["GET"]))
+    if settings.demo:
+        routes += [Route("/", demo_index, methods=["GET"]),
+                   Route("/demo/config.json", demo_config, methods=["GET"]),
+                   Route("/demo/{file:path}", demo_file, methods=["GET"])]
     return Starlette(routes=routes, lifespan=lifespan)
 
 
@@ -337,3 +357,87 @@ async def _refresh_ready(ctx: EdgeContext) -> None:
         await asyncio.sleep(READY_REFRESH_S)
 
 
+
+
+# ---- presence and the demo -------------------------------------------------------------------
+
+def _extras(settings: Settings, backend: Backend, members: MembershipStore,
+            ctx: EdgeContext) -> tuple[PresenceTracker, DemoAgent | None, MemberWatcher | None]:
+    """The presence tracker, and in demo mode the demo agent and the edge membership watcher."""
+
+    async def publish_ephemeral(channel: str, event: hpb.Event) -> object:
+        return await ctx.pool.publish(channel, event, ephemeral=True)
+
+    async def publish_durable(channel: str, event: hpb.Event) -> object:
+        return await ctx.pool.publish(channel, event, ephemeral=False)
+
+    ctx.presence = PresenceTracker(
+        build_presence_store(backend), settings.node_id, publish_ephemeral,
+        ttl_s=settings.presence_ttl_s, events=settings.presence_events,
+        event_max_users=settings.presence_event_max_users,
+        throttle_s=settings.presence_throttle_s, timeout_s=settings.store_timeout_s)
+    if not settings.demo:
+        return ctx.presence, None, None
+    ctx.agent = DemoAgent(publish_durable, max_runs=settings.demo_agent_max_runs)
+    edges = MemberWatcher(members, "edge", poll_s=settings.membership_poll_s)
+    return ctx.presence, ctx.agent, edges
+
+
+async def channel_presence(request: Request) -> Response:
+    """GET /api/v1/channels/{channel}/presence (a token that may read the channel, or one with
+    the publish scope) -> {channel, users: [{user_id, connections}], count}."""
+    ctx = _ctx(request)
+    try:
+        principal = _bearer(request, ctx)
+    except AuthError as e:
+        return _error(401, e.code, str(e))
+    channel = normalize_channel(request.path_params["channel"])
+    if channel is None:
+        return _error(400, "invalid_channel", "unknown channel")
+    if not (principal.may_access(channel) or "publish" in principal.scopes):
+        return _error(403, "forbidden", "not allowed to read this channel")
+    assert ctx.presence is not None
+    try:
+        users = await ctx.presence.users(channel)
+    except (StoreError, TimeoutError) as e:
+        return _error(503, "unavailable", f"presence unavailable: {e}")
+    return JSONBody(presence_payload(channel, users))
+
+
+def demo_root(settings: Settings) -> Path:
+    return Path(settings.demo_dir) if settings.demo_dir else REPO_ROOT / "clients/typescript/dist/demo"
+
+
+async def demo_index(request: Request) -> Response:
+    index = demo_root(_ctx(request).settings) / "index.html"
+    if not index.is_file():
+        return PlainTextResponse("The demo page is not built: run `npm install && npm run build` in "
+                                 "clients/typescript (scripts/dev builds it).", status_code=503)
+    return FileResponse(index)
+
+
+async def demo_file(request: Request) -> Response:
+    root = demo_root(_ctx(request).settings).resolve()
+    path = (root / request.path_params["file"]).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return PlainTextResponse("Not Found", status_code=404)
+    return FileResponse(path)
+
+
+async def demo_config(request: Request) -> Response:
+    """GET /demo/config.json?user=&session= (demo mode only): a dev token for the user, allowed
+    into the session, and every live edge's base URL, this edge first."""
+    ctx = _ctx(request)
+    user = request.query_params.get("user") or "guest-" + secrets.token_hex(2)
+    session = request.query_params.get("session") or "demo"
+    if not (valid_id(user) and valid_id(session)):
+        return _error(400, "invalid_id", "user and session must be 1-128 characters of [A-Za-z0-9_-]")
+    edges: MemberWatcher | None = request.state.edges
+    if edges is not None:
+        await edges.refresh()  # a page load is rare: ask the store rather than wait for a poll
+    members = dict(edges.members) if edges is not None else {}
+    members[ctx.settings.node_id] = ctx.settings.advertised
+    own = members.pop(ctx.settings.node_id)
+    urls = [f"ws://{a}" for a in [own, *sorted(members.values())]]
+    token = mint_token(ctx.settings.jwt_secret, user, sessions=[session], ttl_s=24 * 3600)
+    return JSONBody({"user_id": user, "session_id": session, "token": token, "urls": urls})

@@ -17,6 +17,8 @@ from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
 
 if TYPE_CHECKING:
+    from services.edge.demo_agent import DemoAgent
+    from services.edge.presence import PresenceTracker
     from services.edge.session import Session
 
 
@@ -34,3 +36,5 @@ class EdgeContext:
     started: float = field(default_factory=time.monotonic)
     draining: bool = False
     sockets: int = 0  # WebSockets open, authenticated or not (stats)
+    presence: PresenceTracker | None = None
+    agent: DemoAgent | None = None  # only in demo mode

@@ -23,9 +23,12 @@ from services.common.auth import AuthError, Principal, normalize_channel, valid_
 from services.common.close_codes import CloseCode, reason_of
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.history_client import HistoryCallError
+from services.common.store.base import StoreError
 from services.common.tasks import cancel_and_wait, first_completed
 from services.edge.context import EdgeContext
+from services.edge.demo_agent import AGENT_MENTION
 from services.edge.errors import EdgeError
+from services.edge.presence import tracked
 from services.edge.ratelimit import TokenBucket
 from services.edge.sendqueue import SendQueue
 from services.edge.wsproto import EXTENSION, FrameWriter, payload_of, text_frame
@@ -84,6 +87,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._bucket = TokenBucket(ctx.settings.client_rate_per_s, ctx.settings.client_burst)
         self._refused = 0  # frames refused by the rate limit since the last accepted one
+        self._present: set[str] = set()  # session channels this connection counts in presence
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -111,6 +115,7 @@ class Session:
             await self._teardown(code)
 
     async def _teardown(self, code: CloseCode) -> None:
+        self._presence_leave(list(self._present))
         self.ctx.hub.unsubscribe(self, self.channels)
         self.ctx.sessions.discard(self)
         self.ctx.metrics.connected(len(self.ctx.sessions))
@@ -256,7 +261,7 @@ class Session:
             case wire.RecoverFrame():
                 await self._recover(frame.channels)
             case wire.PresenceFrame():
-                self._error("presence is not available yet on this server", "unsupported")
+                await self._presence_query(frame)
 
     def _rate_limit(self) -> None:
         """Refuse a message over the allowance with an error event; a client that keeps sending
@@ -288,6 +293,8 @@ class Session:
         if frame.attachments:
             payload["attachments"] = frame.attachments
         await self._publish(channel, "chat_message", payload, frame.id, ephemeral=False)
+        if self.ctx.agent is not None and AGENT_MENTION in frame.content:
+            self.ctx.agent.trigger(channel, frame.content)
 
     async def _typing(self, frame: wire.TypingFrame) -> None:
         channel = self._target_channel(frame.channel)
@@ -355,6 +362,7 @@ class Session:
                 self.channels.discard(channel)
                 self.offsets.pop(channel, None)
                 self.ctx.hub.unsubscribe(self, [channel])
+                self._presence_leave([channel])
                 unsubscribed.append(name)
         ok, failed = await self._subscribe(frame.channels)
         self._push_event("subscribe_response", {
@@ -381,6 +389,7 @@ class Session:
         states = await asyncio.gather(*(self.ctx.hub.subscribe(self, c) for c in new))
         for channel, state in zip(new, states, strict=True):
             self.offsets.setdefault(channel, state.last_offset)
+        self._presence_join(new)
         return ok, failed
 
     async def _history(self, frame: wire.HistoryFrame) -> None:
@@ -396,6 +405,48 @@ class Session:
             self._error(f"history unavailable: {e}", e.code)
             return
         self.push(text_frame(history_frame(channel, got)), 1, channel, 0)
+
+    # ---- presence --------------------------------------------------------------------------
+
+    def _presence_join(self, channels: list[str]) -> None:
+        tracker, p = self.ctx.presence, self.principal
+        if tracker is None or p is None:
+            return
+        for channel in channels:
+            if tracked(channel) and channel in self.channels and channel not in self._present:
+                self._present.add(channel)
+                tracker.add(channel, p.user_id)
+
+    def _presence_leave(self, channels: list[str]) -> None:
+        tracker, p = self.ctx.presence, self.principal
+        if tracker is None or p is None:
+            return
+        for channel in channels:
+            if channel in self._present:
+                self._present.discard(channel)
+                tracker.remove(channel, p.user_id)
+
+    async def _presence_query(self, frame: wire.PresenceFrame) -> None:
+        channel = normalize_channel(frame.channel)
+        assert self.principal is not None
+        if channel is None or not self.principal.may_access(channel):
+            self._request_error("forbidden", f"not allowed to read {frame.channel}", frame.channel)
+            return
+        if self.ctx.presence is None:
+            self._error("presence is not available on this server", "unsupported")
+            return
+        try:
+            users = await self.ctx.presence.users(channel)
+        except (StoreError, TimeoutError) as e:
+            self._request_error("unavailable", f"presence unavailable: {e}", channel)
+            return
+        self._push_event("presence_response", presence_payload(channel, users))
+
+    def _request_error(self, code: str, message: str, channel: str) -> None:
+        """An error answering a presence query: names the channel, so a client can match it."""
+        self.ctx.metrics.errors.labels(code).inc()
+        self._push_event("error", {"code": code, "message": message, "channel": channel,
+                                   "request": "presence"})
 
     # ---- recovery --------------------------------------------------------------------------
 
@@ -561,6 +612,11 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def presence_payload(channel: str, users: dict[str, int]) -> dict[str, Any]:
+    return {"channel": channel, "count": len(users),
+            "users": [{"user_id": u, "connections": n} for u, n in sorted(users.items())]}
 
 
 def history_frame(channel: str, got: hpb.ReadResponse) -> bytes:

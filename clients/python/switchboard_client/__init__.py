@@ -1,8 +1,16 @@
 """Python clients for Switchboard: a WebSocket client with reconnect and recovery, and an
 HTTP publisher for backend services."""
 
-from switchboard_client.client import ClientClosedError, SwitchboardClient
+from switchboard_client.client import (
+    ClientClosedError,
+    PresenceError,
+    SendQueueFullError,
+    SwitchboardClient,
+)
 from switchboard_client.close_codes import should_reconnect
 from switchboard_client.publisher import Publisher, PublishError
 
-__all__ = ["ClientClosedError", "PublishError", "Publisher", "SwitchboardClient", "should_reconnect"]
+__all__ = [
+    "ClientClosedError", "PresenceError", "PublishError", "Publisher", "SendQueueFullError",
+    "SwitchboardClient", "should_reconnect",
+]

@@ -1,8 +1,13 @@
-"""An asyncio WebSocket client: auth, reconnect with full-jitter backoff, and recovery.
+"""An asyncio WebSocket client: auth, reconnect with full-jitter backoff, recovery, presence.
 
 The client remembers the last `{offset, epoch}` it received per channel and sends them in the
-auth frame of every reconnect (`recover`), so the edge replays what was missed. Channels the
-server could not recover are reported in `unrecovered` (the application should reload them).
+auth frame of every reconnect (`recover`), so the edge replays what was missed; an event at or
+below the remembered offset of its epoch is a duplicate and is dropped. Channels the server
+could not recover are reported in `unrecovered` (the application should reload them).
+
+Sends are queued (bounded) while disconnected and flushed in order after the reconnect. Every
+chat message carries an `id`; one sent but not yet seen back on the channel is sent again after
+a reconnect, and the server stores a retried id once. No reconnect after 1000, 4001 or 4003.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import asyncio
 import contextlib
 import json
 import random
+import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,12 +35,24 @@ class ClientClosedError(Exception):
         self.code = code
 
 
+class SendQueueFullError(Exception):
+    """More than `send_queue_max` messages are waiting for a connection or for their echo."""
+
+
+class PresenceError(Exception):
+    """The server refused a presence query (`code`: forbidden, unavailable)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class SwitchboardClient:
     def __init__(
         self, url: str | list[str], token: str, *, session_id: str | None = None,
         channels: list[str] | None = None, reconnect: bool = True, recover: bool = True,
         backoff_base_s: float = 0.1, backoff_max_s: float = 5.0, open_timeout_s: float = 10.0,
-        queue_max: int = 1_000_000,
+        queue_max: int = 1_000_000, send_queue_max: int = 1_000,
     ) -> None:
         # Several URLs (edges) are tried in turn on reconnect; behind a load balancer, give one.
         self.urls = [url] if isinstance(url, str) else list(url)
@@ -56,6 +75,13 @@ class SwitchboardClient:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed: ClientClosedError | None = None
+        self.send_queue_max = send_queue_max
+        self._outbox: deque[dict[str, Any]] = deque()      # not yet written to a socket
+        self._unconfirmed: dict[str, dict[str, Any]] = {}  # chat messages written, echo not seen
+        self._send_lock = asyncio.Lock()
+        self.duplicates_dropped = 0
+        self.present: dict[str, set[str]] = {}  # channel -> users, from presence events and queries
+        self._presence_waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -64,6 +90,7 @@ class SwitchboardClient:
         connection alive in the background, reconnecting as the close codes say."""
         ws, reply = await self._open()
         self._task = asyncio.create_task(self._run(ws))
+        await self._flush()
         return reply
 
     async def close(self) -> None:
@@ -88,17 +115,59 @@ class SwitchboardClient:
 
     async def send(self, type_: str, payload: dict[str, Any] | None = None, *,
                    timeout_s: float = 10.0) -> None:
-        """Send `{type, payload, timestamp}`; waits (bounded) for a live connection."""
+        """Send `{type, payload}` now, or queue it (in order) until the next connection. A chat
+        message gets an `id` if it has none. Raises SendQueueFullError past `send_queue_max`,
+        ClientClosedError once the client has stopped; `timeout_s` bounds the socket write."""
+        if self._closed is not None:
+            raise self._closed
+        if len(self._outbox) + len(self._unconfirmed) >= self.send_queue_max:
+            raise SendQueueFullError(f"{self.send_queue_max} messages are waiting to be sent")
+        body = dict(payload or {})
+        if type_ == "chat_message":
+            body.setdefault("id", uuid.uuid4().hex)
+        self._outbox.append({"type": type_, "payload": body})
         async with asyncio.timeout(timeout_s):
-            while True:
-                if self._closed is not None:
-                    raise self._closed
-                await self._connected.wait()
+            await self._flush()
+
+    def queued(self) -> int:
+        """Messages not yet written, plus chat messages written but not yet seen back."""
+        return len(self._outbox) + len(self._unconfirmed)
+
+    async def _flush(self) -> None:
+        """Write the queue in order while connected; what cannot be written stays queued."""
+        async with self._send_lock:
+            while self._outbox and self._connected.is_set():
+                frame = self._outbox.popleft()
                 try:
-                    await self._ws.send(json.dumps({"type": type_, "payload": payload or {}}))
-                    return
+                    await self._ws.send(json.dumps(frame))
                 except ConnectionClosed:
-                    await asyncio.sleep(0.01)
+                    self._outbox.appendleft(frame)
+                    return  # the reader sees the close; the reconnect flushes again
+                except asyncio.CancelledError:
+                    self._outbox.appendleft(frame)  # maybe written: a retry is stored once
+                    raise
+                if frame["type"] == "chat_message":
+                    self._unconfirmed[frame["payload"]["id"]] = frame
+
+    def _requeue_unconfirmed(self) -> None:
+        """After a reconnect: chat messages not seen back go first, in their order (the server
+        stores a retried id once)."""
+        self._outbox.extendleft(reversed(list(self._unconfirmed.values())))
+        self._unconfirmed.clear()
+
+    async def presence(self, channel: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Who is in the channel: `{channel, users: [{user_id, connections}], count}`.
+        Raises PresenceError when refused, TimeoutError when no answer comes in time."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiters = self._presence_waiters.setdefault(channel, [])
+        waiters.append(fut)
+        try:
+            await self.send("presence", {"channel": channel}, timeout_s=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
 
     async def chat(self, content: str, *, message_id: str | None = None,
                    channel: str | None = None) -> None:
@@ -149,6 +218,7 @@ class SwitchboardClient:
             raise ClientClosedError(f"authentication failed: {reply.get('error')}", 4001)
         self.auth_replies.append(reply)
         self.connects += 1
+        self._requeue_unconfirmed()
         for channel, result in (reply.get("recovered") or {}).items():
             if not result.get("recovered", False):
                 self.unrecovered.add(channel)
@@ -177,6 +247,7 @@ class SwitchboardClient:
                 try:
                     ws, _ = await self._open()
                     attempt = 0
+                    await self._flush()
                     break
                 except ClientClosedError as e:
                     if e.code is not None and not should_reconnect(e.code):
@@ -189,15 +260,68 @@ class SwitchboardClient:
         try:
             async for raw in ws:
                 event = json.loads(raw)
-                offset = event.get("offset")
-                channel = event.get("channel")
-                if offset and channel:
-                    self.positions[channel] = {"offset": offset, "epoch": event.get("epoch", "")}
+                if self._duplicate(event):
+                    self.duplicates_dropped += 1
+                    continue
                 if event.get("type") == "recover_response":
                     for ch, res in event.get("payload", {}).get("channels", {}).items():
                         if not res.get("recovered", False):
                             self.unrecovered.add(ch)
+                self._confirm(event)
+                if self._on_presence(event):
+                    continue
                 await self._events.put(event)
         except ConnectionClosed:
             pass
         return ws.close_code if ws.close_code is not None else 1006
+
+    def _duplicate(self, event: dict[str, Any]) -> bool:
+        """True for a durable event at or below the last offset seen in its epoch; otherwise
+        the event's position becomes the channel's position."""
+        offset, channel = event.get("offset"), event.get("channel")
+        if not offset or not channel:
+            return False
+        epoch = event.get("epoch", "")
+        last = self.positions.get(channel)
+        if last is not None and last.get("epoch") == epoch and offset <= last.get("offset", 0):
+            return True
+        self.positions[channel] = {"offset": offset, "epoch": epoch}
+        return False
+
+    def _confirm(self, event: dict[str, Any]) -> None:
+        payload = event.get("payload") or {}
+        if event.get("type") == "chat_message":
+            event_id = event.get("id", "")
+            if self._unconfirmed.pop(event_id, None) is None and self._outbox:
+                # Seen back before its retry went out: the retry is not needed.
+                self._outbox = deque(f for f in self._outbox if f["payload"].get("id") != event_id
+                                     or f["type"] != "chat_message")
+        elif event.get("type") == "connection_error" and not payload.get("retryable", True):
+            self._unconfirmed.pop(payload.get("message_id", ""), None)
+
+    def _on_presence(self, event: dict[str, Any]) -> bool:
+        """Keep `present` current; answer a waiting `presence()`. True when the event was the
+        answer to one (it is not queued as an event then)."""
+        kind, payload = event.get("type"), event.get("payload") or {}
+        channel = event.get("channel") or payload.get("channel", "")
+        users = payload.get("users") or ([payload["user_id"]] if "user_id" in payload else [])
+        if kind == "presence_join":
+            self.present.setdefault(channel, set()).update(users)
+        elif kind == "presence_leave":
+            self.present.setdefault(channel, set()).difference_update(users)
+        elif kind == "presence_response":
+            self.present[channel] = {u["user_id"] for u in users}
+            return self._answer(channel, event, None)
+        elif kind == "error" and payload.get("request") == "presence":
+            error = PresenceError(payload.get("message", "presence refused"), payload.get("code", "error"))
+            return self._answer(channel, event, error)
+        return False
+
+    def _answer(self, channel: str, event: dict[str, Any], error: PresenceError | None) -> bool:
+        waiters = self._presence_waiters.get(channel)
+        if not waiters:
+            return False
+        fut = waiters.pop(0)
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(event["payload"])
+        return True

@@ -9,8 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.settings import Settings
-from services.common.store.base import Keys, MembershipStore
-from services.common.store.memory import InMemoryMembershipStore, MemoryBackend, memory_backend
+from services.common.store.base import Keys, MembershipStore, PresenceStore
+from services.common.store.memory import (
+    InMemoryMembershipStore,
+    InMemoryPresenceStore,
+    MemoryBackend,
+    memory_backend,
+)
 from services.history.store.base import StreamLimits, StreamStore
 from services.router.store.base import OwnershipStore
 
@@ -51,6 +56,14 @@ def build_membership_store(backend: Backend) -> MembershipStore:
     from services.common.store.dragonfly import DragonflyMembershipStore
 
     return DragonflyMembershipStore(backend.redis, backend.keys)
+
+
+def build_presence_store(backend: Backend) -> PresenceStore:
+    if backend.memory is not None:
+        return InMemoryPresenceStore(backend.memory)
+    from services.common.store.dragonfly import DragonflyPresenceStore
+
+    return DragonflyPresenceStore(backend.redis, backend.keys)
 
 
 def build_ownership_store(backend: Backend, ttl_s: float) -> OwnershipStore:

@@ -1,0 +1,208 @@
+"""Presence at the edge: which users this edge has in each session channel, kept in the store.
+
+Connections report joins and leaves synchronously (`add`, `remove`); nothing they do waits on
+the store. One owned writer task sends the changed (channel, user) counts in one batched store
+call, and every `ttl/3` renews all of this edge's entries (which also removes the expired
+entries of dead edges in those channels). Whoever's store call reports a user as joined or
+left announces it with an ephemeral `presence_join` / `presence_leave` on the channel, so each
+change is announced once across the cluster. Channels with more than `event_max_users`
+present users get at most one summary of each kind per `throttle_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from services.common import wire
+from services.common.grpc_gen.history.v1 import history_pb2 as hpb
+from services.common.store.base import PresenceChange, PresenceStore, StoreError
+from services.common.tasks import cancel_and_wait
+
+log = structlog.get_logger("switchboard.edge")
+Publish = Callable[[str, hpb.Event], Awaitable[object]]
+CLOSE_TIMEOUT_S = 2.0
+
+
+def tracked(channel: str) -> bool:
+    return channel.startswith("session:")
+
+
+@dataclass
+class _Pending:
+    """Coalesced changes of one big channel, sent by the summary loop."""
+
+    joined: set[str] = field(default_factory=set)
+    left: set[str] = field(default_factory=set)
+    count: int = 0
+
+
+class PresenceTracker:
+    def __init__(self, store: PresenceStore, node_id: str, publish: Publish, *, ttl_s: float,
+                 events: bool, event_max_users: int, throttle_s: float, timeout_s: float) -> None:
+        self._store, self._node_id, self._publish = store, node_id, publish
+        self._ttl_s, self._timeout_s = ttl_s, timeout_s
+        self._events, self._max_users, self._throttle_s = events, event_max_users, throttle_s
+        self.local: dict[str, dict[str, int]] = {}  # channel -> user -> connections here
+        self._dirty: dict[str, set[str]] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending: dict[str, _Pending] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- connections -----------------------------------------------------------------------
+
+    def add(self, channel: str, user_id: str) -> None:
+        users = self.local.setdefault(channel, {})
+        users[user_id] = users.get(user_id, 0) + 1
+        self._mark(channel, user_id)
+
+    def remove(self, channel: str, user_id: str) -> None:
+        users = self.local.get(channel, {})
+        if user_id not in users:
+            return
+        users[user_id] -= 1
+        if users[user_id] <= 0:
+            del users[user_id]
+            if not users:
+                del self.local[channel]
+        self._mark(channel, user_id)
+
+    def _mark(self, channel: str, user_id: str) -> None:
+        self._dirty.setdefault(channel, set()).add(user_id)
+        self._idle.clear()
+        self._wake.set()
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    async def users(self, channel: str) -> dict[str, int]:
+        """Users present in the channel over every live edge. This edge's own pending changes are
+        written first (bounded wait), so a client sees its own join. Raises StoreError."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await self._idle.wait()
+        async with asyncio.timeout(self._timeout_s):
+            snapshot = await self._store.read(channel)
+        if snapshot.left:
+            await self._announce(channel, PresenceChange((), snapshot.left, len(snapshot.users)))
+        return snapshot.users
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._write_loop(), name="presence-writer"))
+        if self._events:
+            self._tasks.append(asyncio.create_task(self._summary_loop(), name="presence-summary"))
+
+    async def aclose(self) -> None:
+        """Stop the loops, then remove every entry of this edge (bounded) and announce who left."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            await cancel_and_wait(task)
+        gone = {c: dict.fromkeys(users, 0) for c, users in self.local.items()}
+        for channel, users in self._dirty.items():
+            gone.setdefault(channel, {}).update(dict.fromkeys(users, 0))
+        self.local.clear()
+        self._dirty.clear()
+        if not gone:
+            return
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                changes = await asyncio.shield(self._store.update(self._node_id, gone, self._ttl_s))
+                for channel, change in changes.items():
+                    await self._announce(channel, change, summarise=False)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        refresh_s = self._ttl_s / 3
+        next_refresh = loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(next_refresh - loop.time(), 0)):
+                    await self._wake.wait()
+            self._wake.clear()
+            full = loop.time() >= next_refresh
+            if full:
+                next_refresh = loop.time() + refresh_s
+            if not await self._flush(full):
+                await asyncio.sleep(min(refresh_s, 0.5))  # store away: retry soon, not in a spin
+
+    async def _flush(self, full: bool) -> bool:
+        """Write the changed counts (all of this edge's counts when `full`); False on failure,
+        in which case the changes stay marked for the next attempt."""
+        dirty, self._dirty = self._dirty, {}
+        counts = {c: {u: self.local.get(c, {}).get(u, 0) for u in users} for c, users in dirty.items()}
+        if full:
+            for channel, users in self.local.items():
+                counts.setdefault(channel, {}).update(users)
+        if not counts:
+            self._idle.set()
+            return True
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                changes = await self._store.update(self._node_id, counts, self._ttl_s)
+        except (StoreError, TimeoutError) as e:
+            log.warning("presence_write_failed", error=str(e), channels=len(counts))
+            for channel, marked in dirty.items():
+                self._dirty.setdefault(channel, set()).update(marked)
+            return False
+        if not self._dirty:
+            self._idle.set()
+        await asyncio.gather(*(self._announce(c, ch) for c, ch in changes.items()))
+        return True
+
+    # ---- announcing ------------------------------------------------------------------------
+
+    async def _announce(self, channel: str, change: PresenceChange, *, summarise: bool = True) -> None:
+        if not self._events or not (change.joined or change.left):
+            return
+        pending = self._pending.get(channel)
+        if summarise and (pending is not None or change.count > self._max_users):
+            self._coalesce(channel, change)
+            return
+        for user in change.joined:
+            await self._send(channel, "presence_join", {"user_id": user, "count": change.count})
+        for user in change.left:
+            await self._send(channel, "presence_leave", {"user_id": user, "count": change.count})
+
+    def _coalesce(self, channel: str, change: PresenceChange) -> None:
+        p = self._pending.setdefault(channel, _Pending())
+        for user in change.joined:  # a leave and a join of one user within a window cancel out
+            if user in p.left:
+                p.left.discard(user)
+            else:
+                p.joined.add(user)
+        for user in change.left:
+            if user in p.joined:
+                p.joined.discard(user)
+            else:
+                p.left.add(user)
+        p.count = change.count
+
+    async def _summary_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._throttle_s)
+            pending, self._pending = self._pending, {}
+            for channel, p in pending.items():
+                if p.joined:
+                    await self._send(channel, "presence_join", {"users": sorted(p.joined), "count": p.count})
+                if p.left:
+                    await self._send(channel, "presence_leave", {"users": sorted(p.left), "count": p.count})
+
+    async def _send(self, channel: str, event_type: str, payload: dict[str, object]) -> None:
+        eid = wire.new_id()
+        body = wire.encode_body(event_type, payload, event_id=eid, channel=channel,
+                                session_id=channel.partition(":")[2])
+        event = hpb.Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._publish(channel, event)
+        except Exception as e:  # an announcement that cannot be delivered is dropped, not retried
+            log.warning("presence_event_failed", channel=channel, type=event_type, error=str(e))
