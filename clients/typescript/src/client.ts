@@ -571,6 +571,7 @@ export class WebSocketClient {
     this.lastCloseCode = code;
     this.heartbeatSentAt = undefined;
     if (this.stopped) return;
+    this.setStatus(ConnectionStatus.RECONNECTING); // until decide() says otherwise
     void this.decide(code, reason || reasonOf(code));
   }
 
