@@ -114,7 +114,8 @@ function newReply(id: string, e: WebSocketEvent, parts: string[]): ChatMessage {
     id, role: role(e.payload.role, 'assistant'), content: parts.join(''), timestamp: e.timestamp,
     complete: false, parts,
   };
-  if (e.user_id !== undefined) m.userId = e.user_id;
+  const user = e.user_id ?? str(e.payload.user_id);
+  if (user !== undefined) m.userId = user;
   return withOffset(m, e.offset);
 }
 
