@@ -167,7 +167,10 @@ describe('the demo page in Chromium', () => {
       expect(assistant[0]?.complete).toBe('true');
       expect(assistant[0]?.text.trim()).toBe(reply);
       expect(list.filter((m) => m.role === 'user')).toMatchObject([{ user: 'alice', text: '@agent what is the weather' }]);
-      const { seen, statuses } = await p.evaluate(() => window as unknown as { seen: string[]; statuses: string[] }).then((w) => ({ seen: w.seen, statuses: w.statuses }));
+      const { seen, statuses } = await p.evaluate(() => {
+        const w = window as unknown as { seen: string[]; statuses: string[] };
+        return { seen: w.seen, statuses: w.statuses };
+      });
       expect(seen.length, 'the reply grew in several steps').toBeGreaterThan(2);
       for (const t of seen) expect(reply.startsWith(t.trimEnd()), `"${t}" is a prefix of the reply`).toBe(true);
       expect(statuses).toContain('streaming');
