@@ -67,7 +67,8 @@ def run_bench(o: BenchOptions) -> int:
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGALRM)}
+    # SIGINT too: a shell may start us with it ignored, and Ctrl-C must always clean up
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     signal.alarm(int(o.max_seconds + 120))  # the whole run stops by itself, cleanup included
     target: Target | None = None
     run: Run | None = None
@@ -98,13 +99,13 @@ def run_bench(o: BenchOptions) -> int:
         return 1
     finally:
         signal.alarm(0)
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup must not be cut short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in previous:  # cleanup must not be cut short
+            signal.signal(sig, signal.SIG_IGN)
         if run is not None:
             run.pool.stop()
-        if target is not None:
+        if target is not None and target.cluster is not None:
+            log("stopping the cluster")
             target.stop()
-        signal.signal(signal.SIGINT, interrupt)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(render(result), flush=True)

@@ -64,7 +64,7 @@ class WorkerPool:
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(p.pid) or 0.0 for p in self.procs if p.pid is not None)
 
-    def stop(self, grace_s: float = 5.0) -> None:
+    def stop(self, grace_s: float = 3.0) -> None:
         """Ask every worker to close its connections; then SIGTERM, then SIGKILL, each by pid."""
         try:
             self.broadcast(Close())
