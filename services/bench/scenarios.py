@@ -63,8 +63,13 @@ class Plan:
         self.clients, self.rooms, self.publishers, self.workers = clients, rooms, publishers, workers
         self.room_of = [i % rooms for i in range(clients)]
         self.edge_of = [(i // rooms) % edges for i in range(clients)]
-        # publisher j is member number j // rooms of room j % rooms: cid = room + member * rooms
-        self.cid_of_publisher = [j % rooms + (j // rooms) * rooms for j in range(publishers)]
+        # Publisher j is in room r = j % rooms; the members of room r are cids r, r + rooms, ...
+        # alternating over the edges. Starting at member r (not 0) spreads publishers over edges.
+        sizes = [len(range(r, clients, rooms)) for r in range(rooms)]
+        if publishers > rooms and -(-publishers // rooms) > min(sizes):
+            raise ValueError("more publishers per session than session members")
+        self.cid_of_publisher = [r + ((j // rooms + r) % sizes[r]) * rooms
+                                 for j in range(publishers) for r in [j % rooms]]
         self.publisher_of = {cid: j for j, cid in enumerate(self.cid_of_publisher)}
         self.room_publishers: list[list[int]] = [[] for _ in range(rooms)]
         for j, cid in enumerate(self.cid_of_publisher):
