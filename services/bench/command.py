@@ -81,6 +81,7 @@ def run_bench(o: BenchOptions) -> int:
             log(f"cluster up: edges {', '.join(target.edge_urls)} (logs in {target.notes['logs']})")
         else:
             target = connect_to(o.urls, o.pids)
+        stats0 = target.edge_stats()
         run = Run(o, target)
         result: Result = {"scenario": o.scenario, "config": vars_of(o), "config_line": _config_line(o, target),
                           "p99_limit_ms": o.p99_limit_ms, "started_cluster": o.start,
@@ -88,7 +89,8 @@ def run_bench(o: BenchOptions) -> int:
                           "server_processes": [{"name": p.name, "pid": p.pid} for p in target.processes]}
         result.update(_execute(o, run))
         result["loadgen"] = run.status()
-        result["servers_exited"] = target.alive()
+        result["edges_stats"] = edge_deltas(stats0, target.edge_stats())
+        result["servers_exited"] = target.gone()
         result["machine"] = {"cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": _loadavg()}
         result["wall_s"] = round(time.time() - started_at, 1)
     except KeyboardInterrupt:
@@ -116,3 +118,21 @@ def run_bench(o: BenchOptions) -> int:
 
 def vars_of(o: BenchOptions) -> dict[str, Any]:
     return {k: getattr(o, k) for k in o.__dataclass_fields__}
+
+
+COUNTERS = ("messages_in", "messages_out", "bytes_in", "bytes_out")
+
+
+def edge_deltas(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What each edge counted during the run (its /api/v1/stats after minus before)."""
+    out = []
+    for b, a in zip(before, after, strict=True):
+        if "error" in a or "error" in b:
+            out.append({"error": a.get("error") or b.get("error")})
+            continue
+        row = {"node_id": a.get("node_id"), "peak_connections": a.get("peak_connections")}
+        row.update({k: a.get(k, 0) - b.get(k, 0) for k in COUNTERS})
+        closes = {c: n - b.get("closes_by_code", {}).get(c, 0) for c, n in a.get("closes_by_code", {}).items()}
+        row["closes_by_code"] = {c: n for c, n in closes.items() if n}
+        out.append(row)
+    return out

@@ -357,7 +357,7 @@ class Worker:
         lanes = range(cmd.lane_first, cmd.lane_first + cmd.lane_count)
         sent: dict[int, int] = dict.fromkeys(lanes, 0)
         errors: dict[str, int] = {}
-        lag = Histogram()
+        lag, acks = Histogram(), Histogram()
         total = int(cmd.rate * cmd.duration_s)
         interval = 1e9 / cmd.rate
         urls = self.cfg.publish_urls
@@ -381,6 +381,7 @@ class Worker:
                     key = type(e).__name__
                 if key == "ok":
                     sent[p] += 1
+                    acks.record((monotonic_ns() - ts) // 1000)
                 else:
                     errors[key] = errors.get(key, 0) + 1
 
@@ -391,7 +392,7 @@ class Worker:
             async with asyncio.TaskGroup() as tg:
                 for p in lanes:
                     tg.create_task(lane(client, p))
-        self._send(Sent(self.wid, sent, 0, errors, lag, monotonic_ns(), receivers))
+        self._send(Sent(self.wid, sent, 0, errors, lag, monotonic_ns(), receivers, acks))
         await self._finish_step()
 
     async def _finish_step(self) -> None:

@@ -29,7 +29,7 @@ class BenchOptions:
     p99_limit_ms: float = 100.0
     hold_s: float = 10.0
     heartbeat_s: float = 5.0
-    lanes: int = 16
+    lanes: int = 32
     storm_start: int = 50
     storm_factor: float = 2.0
     connect_p99_limit_ms: float = 1000.0
@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--hold", dest="hold_s", type=float, default=10.0, help="idle: seconds to hold")
     s.add_argument("--heartbeat", dest="heartbeat_s", type=float, default=5.0,
                    help="idle: seconds between heartbeats per connection")
-    s.add_argument("--lanes", type=int, default=16,
+    s.add_argument("--lanes", type=int, default=32,
                    help="stream: sequential HTTP publishers (keep-alive connections) in all")
     s.add_argument("--storm-start", type=int, default=50, help="storm: connections in the first wave")
     s.add_argument("--storm-factor", type=float, default=2.0, help="storm: wave growth")

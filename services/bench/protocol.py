@@ -129,6 +129,7 @@ class Sent:
     lag: Histogram  # how late each send was against the open-loop schedule
     send_end_ns: int
     receivers: list[int]  # cids connected when the step started
+    acks: Histogram = field(default_factory=Histogram)  # HTTP publish: request to response
 
 
 @dataclass

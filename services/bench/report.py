@@ -65,6 +65,11 @@ def render(result: Result) -> str:
         out.append(table(["wave", "tried", "ok", "failed", "conn/s", "p50 ms", "p99 ms", "max ms",
                           "srv CPU s", "result"], rows))
         out.append(f"highest sustained connect+auth rate: {result['highest_sustained']} /s")
+    edges = [e for e in result.get("edges_stats", []) if "error" not in e]
+    if edges:
+        out.append(table(["edge", "msgs in", "msgs out", "MiB out", "closes by code"],
+                         [[e["node_id"], int(e["messages_in"]), int(e["messages_out"]),
+                           f"{e['bytes_out'] / 1048576:.1f}", e["closes_by_code"] or "-"] for e in edges]))
     lg = result["loadgen"]
     out.append(f"load generator: {lg['workers']} worker(s), {lg['cpu_s']} CPU s; machine: "
                f"{result['machine']['cpus']} CPUs, load average {result['machine']['loadavg_start']} "

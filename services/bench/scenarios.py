@@ -365,11 +365,12 @@ def connect_summary(res: list[Connected]) -> Result:
 
 def step_summary(k: int, rate: float, duration_s: float, sent: list[Sent], stats: list[StepStats],
                  expected: int) -> Result:
-    latency, lag = Histogram(), Histogram()
+    latency, lag, acks = Histogram(), Histogram(), Histogram()
     for st in stats:
         latency.merge(st.latency)
     for r in sent:
         lag.merge(r.lag)
+        acks.merge(r.acks)
     received = sum(st.received for st in stats)
     ooo = merge_counts(st.out_of_order for st in stats)
     sent_total = sum(n for r in sent for n in r.sent.values())
@@ -384,6 +385,7 @@ def step_summary(k: int, rate: float, duration_s: float, sent: list[Sent], stats
         "offset_out_of_order": sum(st.offset_out_of_order for st in stats),
         "deliveries_per_s": round(received / duration_s, 1),
         "latency_ms": latency.summary_ms(), "send_lag_ms": lag.summary_ms(),
+        "publish_ack_ms": acks.summary_ms() if acks.count else None,
         "connections_dropped": sum(st.drops for st in stats),
         "server_events": merge_counts(st.events for st in stats),
         "drain_s": round((max(st.recv_done_ns for st in stats) - max(r.send_end_ns for r in sent)) / 1e9, 3),
@@ -405,15 +407,17 @@ def fail_reasons(s: Result, p99_limit_ms: float) -> list[str]:
     if s["sent"] < s["target"]:
         reasons.append(f"sent {s['sent']} < {s['target']}")
     if (s["send_lag_ms"]["p99"] or 0) > p99_limit_ms:
-        reasons.append(f"send lag p99 {s['send_lag_ms']['p99']} ms (load generator behind)")
+        reasons.append(f"send lag p99 {s['send_lag_ms']['p99']} ms (schedule not held: "
+                       "the load generator or, for stream, the publish acks are too slow)")
     return reasons
 
 
 def step_line(s: Result) -> str:
-    lat = s["latency_ms"]
+    lat, ack = s["latency_ms"], s["publish_ack_ms"]
+    acks = f", publish ack p50 {ack['p50']} p99 {ack['p99']} ms" if ack else ""
     return (f"step {s['k']} rate {s['rate']}/s: sent {s['sent']}, {s['deliveries_per_s']} deliveries/s, "
             f"p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms, loss {s['loss']}, "
-            f"dup {s['duplicates']}, ooo {s['out_of_order']}, server CPU {s['servers']['cpu_s']} s "
+            f"dup {s['duplicates']}, ooo {s['out_of_order']}{acks}, server CPU {s['servers']['cpu_s']} s "
             f"({s['servers']['cpu_us_per_delivery']} µs/delivery) "
             f"{'OK' if s['sustained'] else 'FAIL ' + '; '.join(s['fail_reasons'])}")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from services.bench.procstats import ServerProcess, parse_pid_option
@@ -35,7 +38,18 @@ class Target:
     def chat_url(self, edge: int, session: str) -> str:
         return f"{self.edge_urls[edge % len(self.edge_urls)]}/ws/chat/{session}"
 
-    def alive(self) -> list[str]:
+    def edge_stats(self) -> list[dict[str, Any]]:
+        """Each edge's GET /api/v1/stats (or the error), for the counters the server itself keeps."""
+        out: list[dict[str, Any]] = []
+        for url in self.http_urls:
+            try:
+                with urllib.request.urlopen(f"{url}/api/v1/stats", timeout=2.0) as r:
+                    out.append(json.loads(r.read()))
+            except (OSError, ValueError) as e:
+                out.append({"error": f"{type(e).__name__}: {e}"})
+        return out
+
+    def gone(self) -> list[str]:
         """Names of measured processes that are gone."""
         return [p.name for p in self.processes if not os.path.exists(f"/proc/{p.pid}")]
 

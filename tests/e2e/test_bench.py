@@ -74,6 +74,10 @@ def test_fanout_on_a_cluster_it_starts_counts_every_delivery_and_stops_the_clust
     assert_clean(step, sent=400, receivers_per_message=10)
     assert_measured(step["servers"], CLUSTER_NAMES)
     assert step["servers"]["cpu_us_per_delivery"] > 0
+    # the edges' own counters (/api/v1/stats) saw at least the frames the clients counted
+    edges = result["edges_stats"]
+    assert len(edges) == 2 and sum(e["messages_out"] for e in edges) >= step["received"]
+    assert sum(e["messages_in"] for e in edges) >= step["sent"]
     assert "deliv/s" in table and "highest sustained rate" in table and "edge-1" in table
     assert "cluster up" in stderr and "step 1" in stderr
     # the cluster it started is gone
@@ -107,6 +111,7 @@ def test_stream_delivers_every_chunk_in_order_to_every_client(cluster: DevCluste
                              timeout_s=120 * tu, SWITCHBOARD_JWT_SECRET=cluster.jwt_secret)
     (step,) = result["steps"]
     assert step["send_errors"] == {}
+    assert step["publish_ack_ms"]["p50"] is not None
     assert_clean(step, sent=400, receivers_per_message=3)
     assert_measured(step["servers"], CLUSTER_NAMES)
     assert "deliv/s" in table
