@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from services.bench.histogram import Histogram
@@ -46,6 +47,7 @@ from services.bench.workers import WorkerPool
 from services.common.auth import mint_token
 
 Result = dict[str, Any]
+ExpectedFor = Callable[[int, dict[int, int]], int]  # (receiver cid, sent per publisher) -> deliveries
 
 
 def log(msg: str) -> None:
@@ -112,7 +114,7 @@ class Run:
         s = self.session(room)
         return ClientSpec(cid, self.t.chat_url(edge, s), s, self.token(s), publisher)
 
-    def start_workers(self, clients: list[ClientSpec], worker_of: Any = None) -> None:
+    def start_workers(self, clients: list[ClientSpec], worker_of: Callable[[int], int] | None = None) -> None:
         n = max(1, self.o.workers)
         per: list[list[ClientSpec]] = [[] for _ in range(n)]
         for c in clients:
@@ -213,7 +215,7 @@ class Run:
         time.sleep(max(0.0, (t0 - time.monotonic_ns()) / 1e9))
         return self.collect_step(k, rate, expected_by_room(plan))
 
-    def collect_step(self, k: int, rate: float, expected_for: Any) -> Result:
+    def collect_step(self, k: int, rate: float, expected_for: ExpectedFor) -> Result:
         """The second half of a step: what was sent, what each worker must receive, what it got."""
         o = self.o
         cpu0, lg0, t0 = cpu_snapshot(self.t.processes), self.pool.cpu_seconds(), time.monotonic()
@@ -338,7 +340,7 @@ class Run:
 # ---- pure summaries ------------------------------------------------------------------------------
 
 
-def merge_counts(dicts: Any) -> dict[str, int]:
+def merge_counts(dicts: Iterable[dict[Any, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for d in dicts:
         for k, v in d.items():
@@ -346,7 +348,7 @@ def merge_counts(dicts: Any) -> dict[str, int]:
     return out
 
 
-def expected_by_room(plan: Plan) -> Any:
+def expected_by_room(plan: Plan) -> ExpectedFor:
     """Deliveries a receiver should get: everything its session's publishers sent (itself included)."""
     def expected(cid: int, sent: dict[int, int]) -> int:
         return sum(sent.get(p, 0) for p in plan.room_publishers[plan.room_of[cid]])

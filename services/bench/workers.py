@@ -66,12 +66,13 @@ class WorkerPool:
 
     def stop(self, grace_s: float = 3.0) -> None:
         """Ask every worker to close its connections; then SIGTERM, then SIGKILL, each by pid."""
+        signals: list[signal.Signals | None] = [None, signal.SIGTERM, signal.SIGKILL]
         try:
             self.broadcast(Close())
             self.gather(Closed, grace_s)
         except (OSError, WorkerError):
-            pass
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            signals.pop(0)  # a worker busy in a step does not read its pipe: no point waiting
+        for sig in signals:
             for p in self.procs:
                 if p.is_alive() and sig is not None and p.pid is not None:
                     os.kill(p.pid, sig)
