@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from services.bench.options import add_arguments as add_bench_arguments
 from services.common.auth import mint_token
 from services.common.settings import DEV_JWT_SECRET, Settings
 from services.common.telemetry import configure_logging
@@ -132,6 +133,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         cluster.stop()
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from services.bench.command import run_bench
+    from services.bench.options import from_namespace
+
+    return run_bench(from_namespace(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="switchboard", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--token")
     u.add_argument("--timeout", type=float, default=10.0)
     u.set_defaults(func=cmd_publish)
+    b = sub.add_parser("bench", help="load-test a cluster (fanout, idle, stream, storm) and print a table")
+    add_bench_arguments(b)
+    b.set_defaults(func=cmd_bench)
     return p
 
 

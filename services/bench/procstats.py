@@ -1,0 +1,60 @@
+"""CPU and memory of server processes, read from /proc (Linux)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """One process of the measured cluster: `name` like edge-1, router-2, history-1, redis."""
+
+    name: str
+    pid: int
+
+    @property
+    def tier(self) -> str:
+        return self.name.rsplit("-", 1)[0] if self.name[-1:].isdigit() and "-" in self.name else self.name
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of the process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: the fields after it start past the last ")".
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_kb(pid: int) -> int | None:
+    """VmRSS of the process in KiB, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_snapshot(procs: list[ServerProcess]) -> dict[str, float]:
+    return {p.name: cpu_seconds(p.pid) or 0.0 for p in procs}
+
+
+def rss_snapshot(procs: list[ServerProcess]) -> dict[str, int]:
+    return {p.name: rss_kb(p.pid) or 0 for p in procs}
+
+
+def parse_pid_option(value: str) -> ServerProcess:
+    """`name=PID` from the command line."""
+    name, sep, pid = value.partition("=")
+    if not sep or not name or not pid.isdigit():
+        raise ValueError(f"expected NAME=PID, got {value!r}")
+    return ServerProcess(name, int(pid))

@@ -1,0 +1,79 @@
+"""The results table printed by `switchboard bench` (the JSON holds every number; this is the summary)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Result = dict[str, Any]
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _mib(kb: int | None) -> str | None:
+    return None if kb is None else f"{kb / 1024:.1f}"
+
+
+def steps_table(steps: list[Result]) -> str:
+    rows = []
+    for s in steps:
+        lat, srv = s["latency_ms"], s["servers"]
+        rows.append([s["k"], s["rate"], s["sent"], s["deliveries_per_s"], lat["p50"], lat["p99"], lat["max"],
+                     s["loss"], s["duplicates"], s["out_of_order"] + s["offset_out_of_order"],
+                     srv["cpu_s"], srv["cpu_us_per_delivery"], "OK" if s["sustained"] else "FAIL"])
+    return table(["step", "rate/s", "sent", "deliv/s", "p50 ms", "p99 ms", "max ms", "loss", "dup", "ooo",
+                  "srv CPU s", "µs/deliv", "result"], rows)
+
+
+def processes_table(servers: Result, title: str) -> str:
+    rows = [[p["name"], p["pid"], p["cpu_s"], p["cpu_pct"], _mib(p["rss_kb"])] for p in servers["processes"]]
+    return f"{title}\n" + table(["process", "pid", "CPU s", "CPU %", "RSS MiB"], rows)
+
+
+def render(result: Result) -> str:
+    scenario = result["scenario"]
+    out = [f"switchboard bench {scenario}  ({result['config_line']})"]
+    c = result.get("connect")
+    if c:
+        out.append(f"connect+auth: {c['established']}/{c['attempted']} in {c['wall_s']} s, "
+                   f"p50 {c['connect_ms']['p50']} ms, p99 {c['connect_ms']['p99']} ms, max {c['connect_ms']['max']} ms")
+    if scenario in ("fanout", "stream"):
+        steps = result["steps"]
+        out.append(steps_table(steps))
+        if steps:
+            out.append(processes_table(steps[-1]["servers"], f"server processes during step {steps[-1]['k']}:"))
+        if scenario == "fanout":
+            out.append(f"highest sustained rate: {result['highest_sustained']} msgs/s "
+                       f"(p99 <= {result['p99_limit_ms']} ms, no loss)")
+    elif scenario == "idle":
+        mem = result["memory"]
+        out.append(table(["tier", "processes", "RSS before MiB", "RSS after MiB", "KiB per 1k conns"],
+                         [[t["tier"], t["processes"], _mib(t["rss_before_kb"]), _mib(t["rss_after_kb"]),
+                           t["kb_per_1k_connections"]] for t in mem["tiers"]]))
+        out.append(f"held {result['alive_after_hold']}/{mem['connections']} connections; heartbeats "
+                   f"{result['heartbeat_replies']}/{result['heartbeats_sent']} answered")
+        out.append(processes_table(result["servers"], "server processes over the hold:"))
+    elif scenario == "storm":
+        rows = [[w["k"], w["attempted"], w["established"], w["failed"], w["connects_per_s"],
+                 w["connect_ms"]["p50"], w["connect_ms"]["p99"], w["connect_ms"]["max"],
+                 w["servers"]["cpu_s"], "OK" if w["sustained"] else "FAIL"] for w in result["waves"]]
+        out.append(table(["wave", "tried", "ok", "failed", "conn/s", "p50 ms", "p99 ms", "max ms",
+                          "srv CPU s", "result"], rows))
+        out.append(f"highest sustained connect+auth rate: {result['highest_sustained']} /s")
+    edges = [e for e in result.get("edges_stats", []) if "error" not in e]
+    if edges:
+        out.append(table(["edge", "msgs in", "msgs out", "MiB out", "closes by code"],
+                         [[e["node_id"], int(e["messages_in"]), int(e["messages_out"]),
+                           f"{e['bytes_out'] / 1048576:.1f}", e["closes_by_code"] or "-"] for e in edges]))
+    lg = result["loadgen"]
+    out.append(f"load generator: {lg['workers']} worker(s), {lg['cpu_s']} CPU s; machine: "
+               f"{result['machine']['cpus']} CPUs, load average {result['machine']['loadavg_start']} "
+               f"-> {result['machine']['loadavg_end']}")
+    if result.get("servers_exited"):
+        out.append(f"server processes that exited during the run: {', '.join(result['servers_exited'])}")
+    return "\n\n".join(out)

@@ -1,0 +1,47 @@
+"""The pure parts of `switchboard bench`: latency histograms and the placement of connections."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from services.bench.histogram import Histogram, bucket_of, bucket_upper_us
+from services.bench.scenarios import Plan
+
+
+def test_every_value_falls_in_a_bucket_whose_bound_is_at_most_a_thirtysecond_above_it() -> None:
+    rnd = random.Random(7)
+    for v in [*range(300), *(rnd.randrange(1, 10**10) for _ in range(5000))]:
+        b = bucket_of(v)
+        assert bucket_upper_us(b) >= v > (bucket_upper_us(b - 1) if b else -1)
+        assert bucket_upper_us(b) <= v + v / 32 + 1
+
+
+def test_merged_histograms_give_the_quantiles_of_all_values() -> None:
+    a, b = Histogram(), Histogram()
+    for v in range(1, 901):
+        a.record(v * 100)  # 0.1 .. 90 ms
+    for v in range(901, 1001):
+        b.record(v * 100)  # 90.1 .. 100 ms: the slowest tenth, in another worker
+    a.merge(b)
+    assert a.count == 1000 and a.max_us == 100_000
+    p50, p99 = a.quantile_us(0.5), a.quantile_us(0.99)
+    assert p50 is not None and 50_000 <= p50 <= 50_000 * 33 / 32
+    assert p99 is not None and 99_000 <= p99 <= 100_000
+    assert a.summary_ms()["max"] == 100.0
+    assert Histogram().summary_ms() == {"p50": None, "p99": None, "max": None}
+
+
+def test_every_session_spans_the_edges_and_publishers_are_spread_over_them() -> None:
+    plan = Plan(clients=2000, rooms=100, edges=2, publishers=100, workers=2)
+    assert plan.spans_edges() == 100
+    assert len(set(plan.cid_of_publisher)) == 100
+    assert [plan.edge_of[c] for c in plan.cid_of_publisher].count(0) == 50
+    assert all(len(pubs) == 1 for pubs in plan.room_publishers)
+    assert all(plan.room_of[plan.cid_of_publisher[j]] == j % 100 for j in range(100))
+
+
+def test_a_plan_refuses_more_publishers_than_members() -> None:
+    with pytest.raises(ValueError):
+        Plan(clients=8, rooms=4, edges=2, publishers=12, workers=1)
