@@ -255,10 +255,9 @@ def _publish_request(body: Any) -> tuple[str, hpb.Event, bool]:
     return channel, hpb.Event(id=event_id, type=event_type, body=encoded, priority=priority), ephemeral
 
 
-async def channel_history(request: Request) -> Response:
-    """GET /api/v1/channels/{channel}/history?since=&limit= (a token that may read the channel,
-    or one with the publish scope)."""
-    ctx = _ctx(request)
+def _readable_channel(request: Request, ctx: EdgeContext) -> str | Response:
+    """The path's channel when the bearer token may read it (or has the publish scope); else
+    the error response (401, 400 or 403)."""
     try:
         principal = _bearer(request, ctx)
     except AuthError as e:
@@ -268,6 +267,16 @@ async def channel_history(request: Request) -> Response:
         return _error(400, "invalid_channel", "unknown channel")
     if not (principal.may_access(channel) or "publish" in principal.scopes):
         return _error(403, "forbidden", "not allowed to read this channel")
+    return channel
+
+
+async def channel_history(request: Request) -> Response:
+    """GET /api/v1/channels/{channel}/history?since=&limit= (a token that may read the channel,
+    or one with the publish scope)."""
+    ctx = _ctx(request)
+    channel = _readable_channel(request, ctx)
+    if isinstance(channel, Response):
+        return channel
     try:
         since = request.query_params.get("since")
         limit = int(request.query_params.get("limit", "100"))
@@ -387,15 +396,9 @@ async def channel_presence(request: Request) -> Response:
     """GET /api/v1/channels/{channel}/presence (a token that may read the channel, or one with
     the publish scope) -> {channel, users: [{user_id, connections}], count}."""
     ctx = _ctx(request)
-    try:
-        principal = _bearer(request, ctx)
-    except AuthError as e:
-        return _error(401, e.code, str(e))
-    channel = normalize_channel(request.path_params["channel"])
-    if channel is None:
-        return _error(400, "invalid_channel", "unknown channel")
-    if not (principal.may_access(channel) or "publish" in principal.scopes):
-        return _error(403, "forbidden", "not allowed to read this channel")
+    channel = _readable_channel(request, ctx)
+    if isinstance(channel, Response):
+        return channel
     assert ctx.presence is not None
     try:
         users = await ctx.presence.users(channel)

@@ -19,25 +19,10 @@ import websockets
 
 from services.common.settings import DEV_JWT_SECRET
 from services.devcluster import HOST, free_port, http_ok, wait_until
+from tests.support import descendants
 from tests.support.redis_server import RedisServer
 
 SWITCHBOARD = [sys.executable, "-m", "services.cli"]
-
-
-def _children(pid: int) -> set[int]:
-    """Every descendant pid of pid (from /proc)."""
-    out: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        p = frontier.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = {int(k) for k in (task / "children").read_text().split()}
-            except OSError:
-                continue
-            frontier += list(kids - out)
-            out |= kids
-    return out
 
 
 def _free_pair() -> int:
@@ -101,15 +86,15 @@ async def test_dev_runs_the_cluster_and_sigterm_stops_every_process(tu, with_sto
             assert f"ws://{HOST}:{port}/api/ws/chat/" in text and f"ws://{HOST}:{port + 1}/" in text
             token = re.search(r"token:\s+(\S+)", text).group(1)  # type: ignore[union-attr]
             assert jwt.decode(token, DEV_JWT_SECRET, algorithms=["HS256"])["scope"] == "publish"
-            descendants = _children(proc.pid)
-            assert len(descendants) >= (5 if with_store else 6)  # history, 2 routers, 2 edges (+redis)
+            children = descendants(proc.pid)
+            assert len(children) >= (5 if with_store else 6)  # history, 2 routers, 2 edges (+redis)
             await _chat_roundtrip(port, port + 1, token, tu)
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=60 * tu)
             proc.stdout.close()  # type: ignore[union-attr]
         assert rc == 0
-        alive = [p for p in descendants if Path(f"/proc/{p}").exists()
+        alive = [p for p in children if Path(f"/proc/{p}").exists()
                  and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
         assert alive == [], f"processes left running: {alive}"
 
@@ -124,7 +109,7 @@ async def test_dev_without_redis_runs_in_one_process(tu, tmp_path) -> None:
                            _env(PATH=str(bindir)), tu)
     try:
         assert "in-memory store" in "".join(lines)
-        assert _children(proc.pid) == set()  # every tier runs inside this one process
+        assert descendants(proc.pid) == set()  # every tier runs inside this one process
         wait_until(lambda: http_ok(f"http://{HOST}:{port}/readyz"), 20 * tu, "single-process edge")
         token = re.search(r"token:\s+(\S+)", "".join(lines)).group(1)  # type: ignore[union-attr]
         await _chat_roundtrip(port, port, token, tu)

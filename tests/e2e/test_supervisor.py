@@ -18,6 +18,7 @@ from services.common.auth import mint_token
 from services.common.settings import DEV_JWT_SECRET
 from services.devcluster import HOST, http_ok, tcp_open, wait_until
 from tests.e2e.conftest import collect
+from tests.support import descendants
 
 SWITCHBOARD = [sys.executable, "-m", "services.cli"]
 PROCESS_LINE = re.compile(r"^\s+(\S+)\s+pid (\d+)\s+port (\d+)\s+metrics (\S+)")
@@ -64,21 +65,6 @@ class DevProcess:
         return rc
 
 
-def _descendants(pid: int) -> set[int]:
-    out: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        p = frontier.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = {int(k) for k in (task / "children").read_text().split()}
-            except OSError:
-                continue
-            frontier += list(kids - out)
-            out |= kids
-    return out
-
-
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -94,7 +80,7 @@ async def test_dev_restarts_killed_tiers_while_the_rest_keep_serving(tu: float) 
         assert {"edge-1", "edge-2", "router-1", "router-2", "history-1"} <= dev.tiers.keys()
         assert all(url.startswith(f"http://{HOST}:") and url.endswith("/metrics")
                    for _, _, url in dev.tiers.values())
-        pids = {pid for pid, _, _ in dev.tiers.values()} | _descendants(dev.proc.pid)
+        pids = {pid for pid, _, _ in dev.tiers.values()} | descendants(dev.proc.pid)
         edge1_pid, edge1_port, _ = dev.tiers["edge-1"]
         _, edge2_port, _ = dev.tiers["edge-2"]
         router_pid, router_port, router_metrics = dev.tiers["router-1"]
@@ -139,7 +125,7 @@ async def test_dev_restarts_killed_tiers_while_the_rest_keep_serving(tu: float) 
             await watcher.close()
             await publisher.aclose()
         assert any("tier_exited" in line and "name=router-1" in line for line in dev.lines)
-        pids |= _descendants(dev.proc.pid)
+        pids |= descendants(dev.proc.pid)
     finally:
         rc = dev.stop(60 * tu)
     assert rc == 0, "".join(dev.lines[-30:])

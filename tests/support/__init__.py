@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 TIME_SCALE_ENV = "SWITCHBOARD_TEST_TIME_SCALE"
 
@@ -27,3 +28,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every descendant pid of pid (from /proc)."""
+    out: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            frontier += list(kids - out)
+            out |= kids
+    return out
