@@ -32,6 +32,7 @@ from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import Backend, build_membership_store, build_presence_store, open_backend
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics, new_registry
+from services.edge.connection import Connection, presence_payload
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import DemoAgent
 from services.edge.errors import EdgeError
@@ -39,7 +40,6 @@ from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.presence import PresenceTracker
 from services.edge.routing_client import RouterPool
-from services.edge.session import Session, presence_payload
 from services.edge.wsproto import SwitchboardWebSocketProtocol
 
 log = structlog.get_logger("switchboard.edge")
@@ -84,17 +84,14 @@ def create_app(settings: Settings) -> Starlette:
         histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
         history = HistoryClient(histories, service_token=settings.service_token,
                                 timeout_s=settings.rpc_timeout_s, grpc_metrics=grpc_metrics)
-        hub_ref: list[Hub] = []
         pool = RouterPool(settings.node_id, service_token=settings.service_token,
-                          on_delivery=lambda d: hub_ref[0].on_delivery(d),
-                          on_attached=lambda channels: hub_ref[0].resync(channels),
                           queue_max=settings.edge_link_queue_max,
                           reconnect_max_s=settings.router_reconnect_max_s,
                           publish_timeout_s=settings.publish_timeout_s,
                           grpc_metrics=grpc_metrics)
         hub = Hub(pool, history, metrics, pending_max=settings.edge_link_queue_max,
                   attach_timeout_s=settings.rpc_timeout_s)
-        hub_ref.append(hub)
+        pool.register(hub)
         routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
                                 on_change=pool.set_routers)
         lease = LeaseKeeper(members, "edge", settings.node_id, settings.advertised,
@@ -102,7 +99,7 @@ def create_app(settings: Settings) -> Starlette:
         ctx = EdgeContext(settings, routers, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
                                                   allow_any_session=settings.allow_any_session),
                           pool, history, hub, metrics, registry)
-        metrics.watch(ctx.sessions, pool.connected_count)
+        metrics.watch(ctx.connections, pool.connected_count)
         ready_task: asyncio.Task[None] | None = None
         presence, agent, edges = _extras(settings, backend, members, ctx)
         try:
@@ -121,8 +118,8 @@ def create_app(settings: Settings) -> Starlette:
             metrics.ready.set(0)
             await cancel_and_wait(ready_task)
             await lease.aclose()
-            for session in list(ctx.sessions):
-                session.close_with(CloseCode.SERVICE_RESTART)
+            for conn in list(ctx.connections):
+                conn.close_with(CloseCode.SERVICE_RESTART)
             if agent is not None:
                 await agent.aclose()
             await presence.aclose()  # before the router links close: its leaves are announced
@@ -178,7 +175,7 @@ async def _serve_socket(ws: WebSocket, kind: Any, path_id: str) -> None:
         return
     ctx.sockets += 1
     try:
-        await Session(ws, ctx, kind, path_id).run()
+        await Connection(ws, ctx, kind, path_id).run()
     finally:
         ctx.sockets -= 1
 
@@ -302,10 +299,10 @@ async def stats(request: Request) -> Response:
         return float(sum(s.value for metric in counter.collect() for s in metric.samples
                          if s.name.endswith("_total")))
 
-    queues = [len(s.queue) for s in ctx.sessions]
+    queues = [len(s.queue) for s in ctx.connections]
     frames_in, frames_out = total(m.messages_in), float(sum(m.frames_out))
     bytes_in, bytes_out = total(m.bytes_in), float(sum(m.bytes_out))
-    connected = len(ctx.sessions)
+    connected = len(ctx.connections)
     return JSONBody({
         "node_id": ctx.settings.node_id,
         "pid": os.getpid(),

@@ -17,9 +17,9 @@ from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
 
 if TYPE_CHECKING:
+    from services.edge.connection import Connection
     from services.edge.demo_agent import DemoAgent
     from services.edge.presence import PresenceTracker
-    from services.edge.session import Session
 
 
 @dataclass
@@ -32,7 +32,7 @@ class EdgeContext:
     hub: Hub
     metrics: EdgeMetrics
     registry: CollectorRegistry
-    sessions: set[Session] = field(default_factory=set)
+    connections: set[Connection] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     draining: bool = False
     sockets: int = 0  # WebSockets open, authenticated or not (stats)

@@ -14,7 +14,8 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import grpc
 import structlog
@@ -38,8 +39,26 @@ from services.edge.errors import (
 )
 
 log = structlog.get_logger("switchboard.edge")
-DeliveryHandler = Callable[[pb.Delivery], None]
-AttachHandler = Callable[[list[str]], None]
+
+
+class DeliverySink(Protocol):
+    """What receives the routers' traffic on an edge (the hub), registered once at start."""
+
+    def on_delivery(self, d: pb.Delivery) -> None:
+        """An event for a channel of this edge; must not block."""
+        ...
+
+    def resync(self, channels: list[str]) -> None:
+        """These channels were (re)attached: catch up on what was appended meanwhile."""
+        ...
+
+
+class _NoSink:
+    def on_delivery(self, d: pb.Delivery) -> None:
+        return None
+
+    def resync(self, channels: list[str]) -> None:
+        return None
 ROUTER_SERVICE = "switchboard.routing.v1.Router"
 
 
@@ -118,7 +137,7 @@ class RouterLink:
         self._queue = asyncio.Queue(self._pool.queue_max)
         self.connected.set()
         if attached:
-            self._pool.on_attached(attached)
+            self._pool.sink.resync(attached)
         log.info("router_stream_open", router_id=self.router_id, channels=len(attached))
         writer = asyncio.create_task(self._write(call))
         try:
@@ -146,7 +165,7 @@ class RouterLink:
             for m in message.batch.messages:
                 self._dispatch(m)
         elif message.HasField("delivery"):
-            self._pool.on_delivery(message.delivery)
+            self._pool.sink.on_delivery(message.delivery)
         elif message.HasField("attached"):
             self._pool.attached(message.attached.channels)
         elif message.HasField("ack"):
@@ -171,15 +190,12 @@ def _size_of(message: pb.EdgeMessage) -> int:
 
 
 class RouterPool:
-    def __init__(self, edge_id: str, *, service_token: str, on_delivery: DeliveryHandler,
-                 on_attached: AttachHandler,
-                 queue_max: int, reconnect_max_s: float, publish_timeout_s: float,
-                 grpc_metrics: GrpcMetrics | None = None) -> None:
+    def __init__(self, edge_id: str, *, service_token: str, queue_max: int, reconnect_max_s: float,
+                 publish_timeout_s: float, grpc_metrics: GrpcMetrics | None = None) -> None:
         self.edge_id = edge_id
         self.grpc_metrics = grpc_metrics
         self.metadata = credential_metadata(service_token)
-        self.on_delivery = on_delivery
-        self.on_attached = on_attached
+        self.sink: DeliverySink = _NoSink()
         self.queue_max = queue_max
         self.reconnect_max_s = reconnect_max_s
         self.publish_timeout_s = publish_timeout_s
@@ -188,6 +204,10 @@ class RouterPool:
         self._ids = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
         self._attach_waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def register(self, sink: DeliverySink) -> None:
+        """Send deliveries and re-attach notices to `sink` from now on (before any stream opens)."""
+        self.sink = sink
 
     # ---- membership ------------------------------------------------------------------------
 
@@ -219,7 +239,7 @@ class RouterPool:
             old_link.send(pb.EdgeMessage(detach=pb.Detach(channels=[channel])))
         self.assigned[channel] = new
         if self.links[new].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel]))):
-            self.on_attached([channel])
+            self.sink.resync([channel])
 
     def channels_on(self, router_id: str) -> list[str]:
         return [c for c, r in self.assigned.items() if r == router_id]

@@ -8,6 +8,7 @@ the previous owner until they re-attach (at most one membership poll later).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -99,8 +100,11 @@ class Ownership:
         return [link for e in edges if (link := self.links.get(e)) is not None and not link.broken]
 
     async def _store_each(self, op: object, edge_id: str, channels: list[str]) -> None:
-        for channel in channels:
-            try:
-                await op(channel, edge_id)  # type: ignore[operator]
-            except StoreError as e:
-                log.warning("ownership_store_failed", channel=channel, error=str(e))
+        # Concurrently: a batch of attaches costs about one store round trip (the pool bounds it).
+        results = await asyncio.gather(*(op(channel, edge_id) for channel in channels),  # type: ignore[operator]
+                                       return_exceptions=True)
+        for channel, result in zip(channels, results, strict=True):
+            if isinstance(result, StoreError):
+                log.warning("ownership_store_failed", channel=channel, error=str(result))
+            elif isinstance(result, BaseException):
+                raise result

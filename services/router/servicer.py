@@ -71,21 +71,32 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def _handle(self, link: EdgeLink, message: pb.EdgeMessage) -> None:
         kind = message.WhichOneof("kind")
         if kind == "batch":
+            attaching: list[str] = []  # consecutive attaches of a batch: one attach, one reply
             for m in message.batch.messages:
+                if m.HasField("attach"):
+                    attaching += m.attach.channels
+                    continue
+                if attaching:
+                    await self._attach(link, attaching)
+                    attaching = []
                 await self._handle(link, m)
+            if attaching:
+                await self._attach(link, attaching)
         elif kind == "publish":
             def reply(ack: pb.PublishAck) -> None:
                 link.send(pb.RouterMessage(ack=ack))
 
             self._pub.submit(message.publish, reply)
         elif kind == "attach":
-            channels = list(message.attach.channels)
-            self._m.attaches.inc(len(channels))
-            await self._own.attach(link, channels)
-            link.send(pb.RouterMessage(attached=pb.Attached(channels=channels)))
+            await self._attach(link, list(message.attach.channels))
         elif kind == "detach":
             self._m.detaches.inc(len(message.detach.channels))
             await self._own.detach(link, list(message.detach.channels))
+
+    async def _attach(self, link: EdgeLink, channels: list[str]) -> None:
+        self._m.attaches.inc(len(channels))
+        await self._own.attach(link, channels)
+        link.send(pb.RouterMessage(attached=pb.Attached(channels=channels)))
 
     async def Publish(self, request: pb.PublishRequest, context: aio.ServicerContext) -> pb.PublishAck:  # type: ignore[type-arg]
         return await self._pub.publish(request)

@@ -62,7 +62,7 @@ class Closed(Exception):
         self.code = code
 
 
-class Session:
+class Connection:
     def __init__(self, ws: WebSocket, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
         self.ws = ws
         self.ctx = ctx
@@ -99,8 +99,8 @@ class Session:
         try:
             await self._authenticate()
             m.auth.labels("ok").inc()
-            self.ctx.sessions.add(self)
-            m.connected(len(self.ctx.sessions))
+            self.ctx.connections.add(self)
+            m.connected(len(self.ctx.connections))
             structlog.contextvars.bind_contextvars(connection_id=self.connection_id)
             await first_completed(self._read_loop(), self._write_loop())
             code = self._closing or CloseCode.NORMAL
@@ -117,8 +117,8 @@ class Session:
     async def _teardown(self, code: CloseCode) -> None:
         self._presence_leave(list(self._present))
         self.ctx.hub.unsubscribe(self, self.channels)
-        self.ctx.sessions.discard(self)
-        self.ctx.metrics.connected(len(self.ctx.sessions))
+        self.ctx.connections.discard(self)
+        self.ctx.metrics.connected(len(self.ctx.connections))
         for task in list(self._tasks):
             await cancel_and_wait(task)
         if code != CloseCode.NORMAL or self._closing is not None:
