@@ -6,6 +6,8 @@ credential, and tries a second node on UNAVAILABLE (appends are idempotent by ev
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from services.common.membership import MemberWatcher
 from services.common.rpc import credential_metadata, insecure_channel
 from services.common.telemetry import GrpcMetrics
 
+HISTORY_SERVICE = "switchboard.history.v1.History"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
 
@@ -51,10 +54,12 @@ class HistoryClient:
         self._grpc_metrics = grpc_metrics
         self._metadata = credential_metadata(service_token)
         self._timeout_s = timeout_s
-        self._channels: dict[str, aio.Channel] = {}
+        # address -> (channel, stub): a stub is built once per channel, not per call. Calls are
+        # timed here (grpc_client_*), not by a channel interceptor, which costs a task per call.
+        self._channels: dict[str, tuple[aio.Channel, hpb_grpc.HistoryStub]] = {}
         self._next = 0
 
-    def _channels_in_turn(self) -> list[aio.Channel]:
+    def _channels_in_turn(self) -> list[tuple[aio.Channel, hpb_grpc.HistoryStub]]:
         addresses = sorted(self._watcher.members.values())
         if not addresses:
             raise HistoryUnavailableError("no live history node")
@@ -62,11 +67,16 @@ class HistoryClient:
         ordered = addresses[self._next:] + addresses[: self._next]
         out = []
         for addr in ordered[:2]:
-            ch = self._channels.get(addr)
-            if ch is None:
-                ch = self._channels[addr] = insecure_channel(addr, self._grpc_metrics)
-            out.append(ch)
+            pair = self._channels.get(addr)
+            if pair is None:
+                ch = insecure_channel(addr)
+                pair = self._channels[addr] = (ch, hpb_grpc.HistoryStub(ch))
+            out.append(pair)
         return out
+
+    def _done(self, method: str, code: str, start: float) -> None:
+        if self._grpc_metrics is not None:
+            self._grpc_metrics.client_done(HISTORY_SERVICE, method, code, time.perf_counter() - start)
 
     async def append(self, channel: str, events: Sequence[hpb.Event]) -> hpb.AppendResponse:
         request = hpb.AppendRequest(channel=channel, events=events)
@@ -92,11 +102,18 @@ class HistoryClient:
 
     async def _call(self, method: str, request: object) -> Any:
         last: aio.AioRpcError | None = None
-        for ch in self._channels_in_turn():
+        for _, stub in self._channels_in_turn():
+            start = time.perf_counter()
             try:
-                return await getattr(hpb_grpc.HistoryStub(ch), method)(
+                response = await getattr(stub, method)(
                     request, timeout=self._timeout_s, metadata=self._metadata)
+                self._done(method, "OK", start)
+                return response
+            except asyncio.CancelledError:
+                self._done(method, "CANCELLED", start)
+                raise
             except aio.AioRpcError as e:
+                self._done(method, e.code().name, start)
                 if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise HistoryInvalidError(e.details() or "invalid request") from e
                 if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -113,7 +130,7 @@ class HistoryClient:
             channels = self._channels_in_turn()
         except HistoryUnavailableError:
             return False
-        for ch in channels:
+        for ch, _ in channels:
             try:
                 resp = await health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
@@ -125,7 +142,7 @@ class HistoryClient:
 
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
-        for ch in channels.values():
+        for ch, _ in channels.values():
             await ch.close(None)
 
 

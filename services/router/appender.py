@@ -1,9 +1,12 @@
-"""Appends to history, coalesced across channels: one AppendBatch call per event-loop iteration.
+"""Appends to history, coalesced across channels: group commit over AppendBatch calls.
 
-Each channel's pipeline still has at most one append in flight (that is what orders it); what
-the pipelines of all channels ask for in one loop iteration leaves together in one call, and
-history runs it as one store round trip. A batch leaves on the next iteration, so coalescing
-adds no wait; a batch over `max_events` is split.
+Each channel's pipeline still has at most one append in flight (that is what orders it). What the
+pipelines of all channels ask for leaves together in one AppendBatch call, which history runs as
+one store round trip. At most `max_inflight` calls are under way: an append that finds a free
+slot leaves on the next event-loop iteration (no wait of its own); the ones that arrive while
+every slot is busy queue up and leave together as soon as a call returns. Under light load a
+call carries one append, under heavy load many, so the cost per message falls as load rises.
+A batch over `max_events` is split.
 """
 
 from __future__ import annotations
@@ -28,38 +31,41 @@ class BatchAppendClient(Protocol):
 
 
 class Appender:
-    def __init__(self, history: BatchAppendClient, *, max_events: int) -> None:
+    def __init__(self, history: BatchAppendClient, *, max_events: int, max_inflight: int = 2) -> None:
         self._history = history
         self._max_events = max_events
+        self._max_inflight = max_inflight
         self._queued: list[_Item] = []
+        self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, channel: str, events: Sequence[hpb.Event]) -> hpb.AppendResponse:
         """Append one channel's events atomically. Raises HistoryCallError."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[hpb.AppendResponse] = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._flush)
         self._queued.append((channel, events, fut))
+        if not self._flush_scheduled and len(self._tasks) < self._max_inflight:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return await fut
 
     def _flush(self) -> None:
-        queued, self._queued = self._queued, []
-        batch: list[_Item] = []
-        size = 0
-        for item in queued:
-            if batch and size + len(item[1]) > self._max_events:
-                self._send(batch)
-                batch, size = [], 0
-            batch.append(item)
-            size += len(item[1])
-        if batch:
-            self._send(batch)
+        self._flush_scheduled = False
+        while self._queued and len(self._tasks) < self._max_inflight:
+            batch: list[_Item] = []
+            size = 0
+            while self._queued and (not batch or size + len(self._queued[0][1]) <= self._max_events):
+                item = self._queued.pop(0)
+                batch.append(item)
+                size += len(item[1])
+            task = asyncio.create_task(self._call(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._call_done)
 
-    def _send(self, batch: list[_Item]) -> None:
-        task = asyncio.create_task(self._call(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._queued and not self._flush_scheduled:
+            self._flush()  # what queued while every slot was busy leaves now, together
 
     async def _call(self, batch: list[_Item]) -> None:
         try:
@@ -83,5 +89,9 @@ class Appender:
                 fut.set_result(outcome)
 
     async def aclose(self) -> None:
+        queued, self._queued = self._queued, []
+        for _, _, fut in queued:
+            if not fut.done():
+                fut.set_exception(HistoryCallError("router shutting down"))
         for task in list(self._tasks):
             await cancel_and_wait(task)

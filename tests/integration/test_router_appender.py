@@ -89,3 +89,35 @@ async def test_an_invalid_append_fails_alone(client: CountingClient) -> None:
         assert len(client.calls) == 1
     finally:
         await appender.aclose()
+
+
+class HeldClient(CountingClient):
+    """Holds each call until the test lets it go, to see what queues behind it."""
+
+    def __init__(self, inner: HistoryClient) -> None:
+        super().__init__(inner)
+        self.release = asyncio.Event()
+
+    async def append_batch(
+        self, appends: Sequence[tuple[str, Sequence[hpb.Event]]],
+    ) -> list[hpb.AppendResponse | HistoryCallError]:
+        self.calls.append([channel for channel, _ in appends])
+        await self.release.wait()
+        return await self.inner.append_batch(appends)
+
+
+async def test_appends_made_while_every_call_is_busy_leave_together(client: CountingClient) -> None:
+    held = HeldClient(client.inner)
+    appender = Appender(held, max_events=1_000, max_inflight=1)
+    try:
+        first = asyncio.create_task(appender.append("session:first", [event("f1")]))
+        await asyncio.sleep(0.01)  # the first call is under way (held)
+        later = [asyncio.create_task(appender.append(f"session:l{i}", [event(f"l{i}")])) for i in range(5)]
+        for task in later:
+            await asyncio.sleep(0)  # each in its own loop iteration
+        assert held.calls == [["session:first"]]
+        held.release.set()
+        await asyncio.gather(first, *later)
+        assert held.calls == [["session:first"], [f"session:l{i}" for i in range(5)]]
+    finally:
+        await appender.aclose()

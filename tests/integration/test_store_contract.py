@@ -439,6 +439,22 @@ async def test_unreachable_store_raises_store_unavailable(
 # ---- DragonflyDB adapter only: timeouts, key layout, a real restart ------------------------
 
 
+async def test_dragonfly_append_many_survives_a_store_that_forgot_its_scripts(
+    redis_server: RedisServer, key_prefix: str, tu: float,
+) -> None:
+    backend = open_backend(settings_for(redis_server.url, key_prefix, tu))
+    try:
+        store = build_stream_store(backend, LIMITS)
+        await store.append_many([("session:x", [ev("x1")]), ("session:y", [ev("y1")])], new_epoch="E")
+        await backend.redis.script_flush()  # as after a store restart or failover
+        results = await store.append_many([("session:x", [ev("x2")]), ("session:y", [ev("y2")])],
+                                          new_epoch="E")
+        assert [r.offsets for r in results if isinstance(r, AppendResult)] == [[2], [2]]
+    finally:
+        await lose_data(backend)
+        await backend.aclose()
+
+
 async def test_dragonfly_full_pool_waits_and_then_answers_busy_not_unavailable(
     redis_server: RedisServer, key_prefix: str, tu: float,
 ) -> None:
