@@ -113,8 +113,8 @@ async def test_appends_made_while_every_call_is_busy_leave_together(client: Coun
         first = asyncio.create_task(appender.append("session:first", [event("f1")]))
         await asyncio.sleep(0.01)  # the first call is under way (held)
         later = [asyncio.create_task(appender.append(f"session:l{i}", [event(f"l{i}")])) for i in range(5)]
-        for task in later:
-            await asyncio.sleep(0)  # each in its own loop iteration
+        for _ in later:
+            await asyncio.sleep(0)  # let each of them queue its append behind the held call
         assert held.calls == [["session:first"]]
         held.release.set()
         await asyncio.gather(first, *later)
