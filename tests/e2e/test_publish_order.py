@@ -54,12 +54,14 @@ async def _send_and_check(cluster: DevCluster, clients, tu: float, *, senders: i
 
 
 async def test_busy_store_pool_keeps_each_senders_order(make_cluster, clients, tu) -> None:
-    # Two pooled connections and a 1 ms wait: with 24 sessions appending at once, history's
-    # pool is exhausted over and over, so appends fail as "busy" and are retried.
-    cluster = make_cluster(env={"SWITCHBOARD_STORE_MAX_CONNECTIONS": "2",
-                                "SWITCHBOARD_STORE_POOL_WAIT_S": "0.001"})
+    # One pooled connection and a 0.1 ms wait: whenever two store calls overlap in history (two
+    # routers, each with up to two append calls in flight, and the lease refresh), the pool is
+    # exhausted, so appends fail as "busy" and are retried.
+    cluster = make_cluster(env={"SWITCHBOARD_STORE_MAX_CONNECTIONS": "1",
+                                "SWITCHBOARD_STORE_POOL_WAIT_S": "0.0001"})
     await _send_and_check(cluster, clients, tu, senders=24, per_sender=40)
     busy = _log_lines(cluster, "router", "append_failed", "busy")
+    print(f"\nORDER busy-pool appends_failed_busy={busy}")
     assert busy > 0, "the store pool never ran out: the test proved nothing"
     assert _log_lines(cluster, "history", "history_health", "false") == 0, \
         "a busy pool was reported as a store outage"
