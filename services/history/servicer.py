@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
 
 import grpc
+import structlog
 from grpc import aio
+from grpc.aio import EOF  # type: ignore[attr-defined]
 
 from services.common import wire
 from services.common.errors import ErrorCode
 from services.common.grpc_gen.history.v1 import history_pb2 as pb
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as pb_grpc
 from services.common.store.base import StoreBusyError, StoreError, StoreUnavailableError
+from services.common.tasks import cancel_and_wait
 from services.history.metrics import HistoryMetrics
 from services.history.store.base import AppendResult, NewEvent, StreamStore
 
 MAX_EVENTS_PER_APPEND = 1_000
 MAX_ID_LEN = 128
+STREAM_INFLIGHT_MAX = 8  # batches of one AppendStream being stored at once
+_STORE_ERROR_LABEL = {ErrorCode.BUSY: "store_busy", ErrorCode.UNAVAILABLE: "store_unavailable",
+                      ErrorCode.INTERNAL: "store_error"}
+log = structlog.get_logger("switchboard.history")
 
 
 class HistoryServicer(pb_grpc.HistoryServicer):
@@ -63,7 +71,59 @@ class HistoryServicer(pb_grpc.HistoryServicer):
 
     async def AppendBatch(self, request: pb.AppendBatchRequest, context: aio.ServicerContext) -> pb.AppendBatchResponse:  # type: ignore[type-arg]
         """Several channels in one store round trip; an invalid or failed channel gets its own
-        error outcome and does not fail the others."""
+        error outcome and does not fail the others. A store that fails as a whole fails the call."""
+        async with self._store_errors(context):
+            return await self._append_batch(request)
+
+    async def AppendStream(self, request_iterator: object, context: aio.ServicerContext) -> None:  # type: ignore[override, type-arg]
+        """AppendBatch over one stream: up to STREAM_INFLIGHT_MAX batches are stored at once and
+        each is answered (with its id) as soon as it is stored. A store failure is answered per
+        append (unavailable, busy, internal): the stream outlives store outages."""
+        slots = asyncio.Semaphore(STREAM_INFLIGHT_MAX)
+        write_lock = asyncio.Lock()
+        inflight: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.AppendBatchRequest) -> None:
+            try:
+                response = await self._append_batch_answering_errors(request)
+            finally:
+                slots.release()
+            response.id = request.id
+            async with write_lock:
+                await context.write(response)
+
+        try:
+            while True:
+                request = await context.read()
+                if request is EOF:
+                    break
+                await slots.acquire()
+                task = asyncio.create_task(answer(request))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+            if inflight:  # the router is done writing: answer what is in flight, then end
+                await asyncio.wait(list(inflight))
+        finally:
+            for task in list(inflight):
+                await cancel_and_wait(task)
+
+    async def _append_batch_answering_errors(self, request: pb.AppendBatchRequest) -> pb.AppendBatchResponse:
+        try:
+            return await self._append_batch(request)
+        except StoreError as e:
+            code = (ErrorCode.BUSY if isinstance(e, StoreBusyError)
+                    else ErrorCode.UNAVAILABLE if isinstance(e, StoreUnavailableError)
+                    else ErrorCode.INTERNAL)
+            message = str(e)
+        except Exception as e:  # never leave a batch unanswered: the router would wait its deadline
+            log.exception("append_stream_failed")
+            code, message = ErrorCode.INTERNAL, f"append failed: {e!r}"
+        self._m.errors.labels(_STORE_ERROR_LABEL[code]).inc()
+        return pb.AppendBatchResponse(results=[
+            pb.AppendOutcome(error_code=code, error_message=message) for _ in request.appends])
+
+    async def _append_batch(self, request: pb.AppendBatchRequest) -> pb.AppendBatchResponse:
+        """Raises StoreError when the store call fails as a whole."""
         outcomes = [pb.AppendOutcome() for _ in request.appends]
         valid: list[tuple[int, list[NewEvent]]] = []
         for i, append in enumerate(request.appends):
@@ -77,12 +137,11 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             return pb.AppendBatchResponse(results=outcomes)
         self._m.batch_size.observe(sum(len(events) for _, events in valid))
         try:
-            async with self._store_errors(context):
-                with self._m.store_op("append"):
-                    results = await self._store.append_many(
-                        [(request.appends[i].channel, events) for i, events in valid],
-                        new_epoch=secrets.token_hex(4))
-        except aio.AbortError:
+            with self._m.store_op("append"):
+                results = await self._store.append_many(
+                    [(request.appends[i].channel, events) for i, events in valid],
+                    new_epoch=secrets.token_hex(4))
+        except StoreError:
             self._m.appends.labels("error").inc(sum(len(events) for _, events in valid))
             raise
         for (i, events), result in zip(valid, results, strict=True):
