@@ -33,6 +33,10 @@ class HistoryMetrics:
                                registry=registry)
         self.errors = Counter("history_errors_total", "Failed calls by reason", ["reason"],
                               registry=registry)
+        # Label children resolved once: a labels() lookup per batch is a measurable cost.
+        self.appends_ok = self.appends.labels("ok")
+        self.appends_duplicate = self.appends.labels("duplicate")
+        self._store_seconds = {op: self.store_seconds.labels(op) for op in ("append", "read", "health")}
 
     @contextlib.contextmanager
     def store_op(self, op: str) -> Iterator[None]:
@@ -44,4 +48,5 @@ class HistoryMetrics:
             self.store_errors.labels(op).inc()
             raise
         finally:
-            self.store_seconds.labels(op).observe(time.perf_counter() - start)
+            child = self._store_seconds.get(op) or self.store_seconds.labels(op)
+            child.observe(time.perf_counter() - start)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
+import itertools
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -35,6 +36,12 @@ class HistoryServicer(pb_grpc.HistoryServicer):
         self._store = store
         self._m = metrics
         self._read_limit = read_limit
+        # Epoch candidates (used only when a channel's stream is created): a random start per
+        # process, then a counter, so no append pays for a random number.
+        self._epochs = itertools.count(int.from_bytes(os.urandom(4)))
+
+    def _new_epoch(self) -> str:
+        return f"{next(self._epochs) & 0xFFFFFFFF:08x}"
 
     @contextlib.asynccontextmanager
     async def _store_errors(self, context: aio.ServicerContext) -> AsyncIterator[None]:  # type: ignore[type-arg]
@@ -63,7 +70,7 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             async with self._store_errors(context):
                 with self._m.store_op("append"):
                     result = await self._store.append(request.channel, events,
-                                                      new_epoch=secrets.token_hex(4))
+                                                      new_epoch=self._new_epoch())
         except aio.AbortError:  # the store failed: _store_errors answered with a status
             self._m.appends.labels("error").inc(len(events))
             raise
@@ -140,7 +147,7 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             with self._m.store_op("append"):
                 results = await self._store.append_many(
                     [(request.appends[i].channel, events) for i, events in valid],
-                    new_epoch=secrets.token_hex(4))
+                    new_epoch=self._new_epoch())
         except StoreError:
             self._m.appends.labels("error").inc(sum(len(events) for _, events in valid))
             raise
@@ -157,9 +164,11 @@ class HistoryServicer(pb_grpc.HistoryServicer):
 
     def _response(self, result: AppendResult) -> pb.AppendResponse:
         dups = sum(result.duplicates)
-        self._m.appends.labels("ok").inc(len(result.offsets) - dups)
-        self._m.appends.labels("duplicate").inc(dups)
-        self._m.trimmed.inc(result.trimmed)
+        self._m.appends_ok.inc(len(result.offsets) - dups)
+        if dups:
+            self._m.appends_duplicate.inc(dups)
+        if result.trimmed:
+            self._m.trimmed.inc(result.trimmed)
         return pb.AppendResponse(
             epoch=result.epoch,
             results=[pb.Appended(offset=o, duplicate=d)
