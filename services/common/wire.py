@@ -12,8 +12,9 @@ re-encoded on its way to any number of subscribers.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -58,8 +59,28 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class _Ids:
+    """Event ids: 64 random bits per process (drawn again in a forked child), then a counter.
+    32 hex characters like a uuid4's hex, unique across processes, without a random draw (a
+    getrandom() syscall) per event; the idempotency window relies on their uniqueness."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_ids = _Ids()
+os.register_at_fork(after_in_child=_ids.reseed)
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return _ids.next()
 
 
 def priority_of(event_type: str) -> int:

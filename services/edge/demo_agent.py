@@ -65,7 +65,7 @@ class DemoAgent:
             log.warning("demo_agent_failed", channel=channel, error=str(e))
 
     async def _script(self, channel: str, content: str) -> None:
-        call_id, message_id = "call-" + wire.new_id()[:12], "msg-" + wire.new_id()[:12]
+        call_id, message_id = "call-" + wire.new_id()[-12:], "msg-" + wire.new_id()[-12:]
         await self._send(channel, "agent_status_update", {"user_id": AGENT_USER, "status": "thinking", "progress": 0})
         await self._send(channel, "tool_call_start", {"tool_call_id": call_id, "tool": "lookup",
                                                       "arguments": {"query": content}})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ from services.common.wire import (
     encode,
     encode_body,
     load_json_object,
+    new_id,
     now_iso,
     parse_auth,
     parse_frame,
@@ -325,3 +328,14 @@ def test_auth_without_a_usable_token_is_invalid(obj: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError) as info:
         parse_auth(obj)
     assert info.value.code == "invalid_auth_frame"
+
+
+def test_new_ids_are_unique_in_a_process_and_across_processes() -> None:
+    ids = [new_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    code = "from services.common import wire; print(wire.new_id())"
+    others = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.strip() for _ in range(2)}
+    assert len(others) == 2 and not others & set(ids)
+    assert len({i[:16] for i in (*others, ids[0])}) == 3  # each process draws its own prefix
