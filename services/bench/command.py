@@ -44,7 +44,8 @@ def _config_line(o: BenchOptions, t: Target) -> str:
                        + (f"step from {o.step_start}/s x{o.step_factor}" if o.step else f"M={o.rate}/s")
                        + f" T={o.duration_s}s",
              "idle": f"C={o.clients} hold {o.hold_s}s heartbeat {o.heartbeat_s}s",
-             "stream": f"{o.rate} chunks/s for {o.duration_s}s to {o.clients} clients, {o.lanes} HTTP lanes",
+             "stream": f"{o.rate} chunks/s for {o.duration_s}s to {o.clients} clients, {o.lanes} HTTP lanes, "
+                       f"≤ {o.chunks_per_request} chunks per request",
              "storm": f"waves from {o.storm_start} x{o.storm_factor} up to {o.clients}"}[o.scenario]
     return f"{parts}; {len(t.edge_urls)} edge(s), W={o.workers}"
 

@@ -29,7 +29,8 @@ class BenchOptions:
     p99_limit_ms: float = 100.0
     hold_s: float = 10.0
     heartbeat_s: float = 5.0
-    lanes: int = 32
+    lanes: int = 1
+    chunks_per_request: int = 32
     storm_start: int = 50
     storm_factor: float = 2.0
     connect_p99_limit_ms: float = 1000.0
@@ -68,8 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--hold", dest="hold_s", type=float, default=10.0, help="idle: seconds to hold")
     s.add_argument("--heartbeat", dest="heartbeat_s", type=float, default=5.0,
                    help="idle: seconds between heartbeats per connection")
-    s.add_argument("--lanes", type=int, default=32,
-                   help="stream: sequential HTTP publishers (keep-alive connections) in all")
+    s.add_argument("--lanes", type=int, default=1,
+                   help="stream: sequential HTTP publishers (keep-alive connections) in all, "
+                        "each an ordered producer (one streamed reply)")
+    s.add_argument("--chunks-per-request", type=int, default=32,
+                   help="stream: a lane sends the chunks that are due, up to this many, in one "
+                        "request (as switchboard_client's StreamPublisher does); 1: one per request")
     s.add_argument("--storm-start", type=int, default=50, help="storm: connections in the first wave")
     s.add_argument("--storm-factor", type=float, default=2.0, help="storm: wave growth")
     s.add_argument("--connect-p99-limit-ms", type=float, default=1000.0,

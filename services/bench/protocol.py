@@ -64,6 +64,7 @@ class StreamStep:
     lanes: int
     lane_first: int
     lane_count: int
+    per_request: int = 1  # chunks due at once leave in one request (a batch), up to this many
 
 
 @dataclass(frozen=True)

@@ -281,7 +281,8 @@ class Run:
         first = 0
         for wid in range(n):
             count = lanes // n + (1 if wid < lanes % n else 0)
-            self.pool.send(wid, StreamStep(1, o.rate, t0, o.duration_s, self.session(0), lanes, first, count))
+            self.pool.send(wid, StreamStep(1, o.rate, t0, o.duration_s, self.session(0), lanes, first, count,
+                                               max(1, min(32, o.chunks_per_request))))
             first += count
         time.sleep(max(0.0, (t0 - time.monotonic_ns()) / 1e9))
         out["steps"] = [self.collect_step(1, o.rate, lambda cid, sent: sum(sent.values()))]

@@ -32,7 +32,7 @@ from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import Backend, build_membership_store, build_presence_store, open_backend
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics, new_registry
-from services.edge.connection import Connection, presence_payload
+from services.edge.connection import PUBLISH_UNIT_MAX, Connection, presence_payload
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import DemoAgent
 from services.edge.errors import EdgeError
@@ -190,7 +190,9 @@ def _bearer(request: Request, ctx: EdgeContext) -> Principal:
 
 async def publish(request: Request) -> Response:
     """POST /api/v1/publish {channel, type, payload, id?, ephemeral?, priority?}: 200 {offset,
-    epoch} once history holds the event (ephemeral: {delivered: true}); 401/403/400/503."""
+    epoch} once history holds the event (ephemeral: {delivered: true}); 401/403/400/503.
+    {channel, events: [{type, payload, id?, priority?}, ...]}: 200 {channel, epoch, results: [{id,
+    offset, duplicate}]} once history holds all of them, stored in order as one unit."""
     ctx = _ctx(request)
     m = ctx.metrics
     try:
@@ -210,26 +212,54 @@ async def publish(request: Request) -> Response:
     except (orjson.JSONDecodeError, ValueError) as e:
         m.publishes.labels("http", "invalid").inc()
         return _error(400, "invalid", str(e))
-    channel, event, ephemeral = req
+    channel, events, ephemeral, batch = req
     try:
         with m.publish_seconds.time():
-            ack = await ctx.pool.publish(channel, event, ephemeral=ephemeral)
+            ack = await ctx.pool.publish(channel, events[0], ephemeral=ephemeral, more=events[1:])
     except EdgeError as e:
-        m.publishes.labels("http", e.code).inc()
+        m.publishes.labels("http", e.code).inc(len(events))
         return _error(e.http_status, e.code, str(e))
-    m.publishes.labels("http", "ok").inc()
+    m.publishes.labels("http", "ok").inc(len(events))
+    if batch:
+        stored = [(ack.offset, ack.duplicate), *((a.offset, a.duplicate) for a in ack.more)]
+        return JSONBody({"channel": channel, "epoch": ack.epoch, "results": [
+            {"id": ev.id, "offset": offset, "duplicate": dup}
+            for ev, (offset, dup) in zip(events, stored, strict=True)]})
+    event = events[0]
     if ephemeral:
         return JSONBody({"id": event.id, "delivered": True})
     return JSONBody({"id": event.id, "channel": channel, "offset": ack.offset, "epoch": ack.epoch,
                      "duplicate": ack.duplicate})
 
 
-def _publish_request(body: Any) -> tuple[str, hpb.Event, bool]:
+def _publish_request(body: Any) -> tuple[str, list[hpb.Event], bool, bool]:
+    """(channel, events, ephemeral, batch) of a publish body: one event, or with `events` a
+    batch of 1..PUBLISH_UNIT_MAX durable events stored in order, all or none."""
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
     channel = normalize_channel(str(body.get("channel", "")))
     if channel is None:
         raise ValueError("channel must be session:ID, agent_status:USER or user:USER")
+    if "events" not in body:
+        event = _event(channel, body)
+        return channel, [event], bool(body.get("ephemeral", event.type in wire.EPHEMERAL_TYPES)), False
+    items = body["events"]
+    if not isinstance(items, list) or not 1 <= len(items) <= PUBLISH_UNIT_MAX:
+        raise ValueError(f"events must be a list of 1 to {PUBLISH_UNIT_MAX} events")
+    if body.get("ephemeral"):
+        raise ValueError("a batch is stored: publish ephemeral events one at a time")
+    events = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("each of events must be a JSON object")
+        event = _event(channel, item)
+        if event.type in wire.EPHEMERAL_TYPES or item.get("ephemeral"):
+            raise ValueError(f"{event.type} is ephemeral: publish it on its own")
+        events.append(event)
+    return channel, events, False, True
+
+
+def _event(channel: str, body: dict[str, Any]) -> hpb.Event:
     event_type = body.get("type")
     if event_type not in wire.EVENT_TYPES:
         raise ValueError(f"unknown event type: {str(event_type)[:64]}")
@@ -242,14 +272,13 @@ def _publish_request(body: Any) -> tuple[str, hpb.Event, bool]:
     priority = body.get("priority", wire.priority_of(event_type))
     if priority not in (1, 2, 3):
         raise ValueError("priority must be 1, 2 or 3")
-    ephemeral = bool(body.get("ephemeral", event_type in wire.EPHEMERAL_TYPES))
     kind, _, ident = channel.partition(":")
     encoded = wire.encode_body(
         event_type, payload, event_id=event_id, channel=channel, priority=priority,
         session_id=ident if kind == "session" else None,
         user_id=ident if kind != "session" else body.get("user_id"),
     )
-    return channel, hpb.Event(id=event_id, type=event_type, body=encoded, priority=priority), ephemeral
+    return hpb.Event(id=event_id, type=event_type, body=encoded, priority=priority)
 
 
 def _readable_channel(request: Request, ctx: EdgeContext) -> str | Response:

@@ -37,6 +37,7 @@ from services.edge.errors import (
     PublishTimeoutError,
     UpstreamUnavailableError,
 )
+from services.edge.wsproto import CORK
 
 log = structlog.get_logger("switchboard.edge")
 
@@ -162,8 +163,9 @@ class RouterLink:
 
     def _dispatch(self, message: pb.RouterMessage) -> None:
         if message.HasField("batch"):
-            for m in message.batch.messages:
-                self._dispatch(m)
+            with CORK:  # a connection's frames of this batch leave in one write
+                for m in message.batch.messages:
+                    self._dispatch(m)
         elif message.HasField("delivery"):
             self._pool.sink.on_delivery(message.delivery)
         elif message.HasField("attached"):

@@ -65,11 +65,57 @@ class FrameWriter:
         await self._p.writable.wait()  # set again on resume_writing and on connection_lost
 
     def write(self, frames: Sequence[bytes]) -> None:
-        """Write whole frames in one call (one syscall when the socket takes them)."""
+        """Write whole frames in one call (one syscall when the socket takes them); inside
+        `with CORK:` they are held and written with this connection's other frames at its end."""
+        held = CORK.held
+        if held is not None:
+            mine = held.get(self)
+            if mine is None:
+                held[self] = list(frames)
+            else:
+                mine.extend(frames)
+            return
+        self.write_now(frames)
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
         if len(frames) == 1:
             self._p.transport.write(frames[0])
         else:
             self._p.transport.write(b"".join(frames))
+
+
+class Cork:
+    """Coalesces the frames written during one synchronous stretch of code, per connection.
+
+    The edge corks while it hands on one batch of deliveries from a router: a connection that
+    gets several events of the batch (a streamed reply) gets them in one write() instead of one
+    each. Nothing awaits inside, so nothing else can write to the socket in between, and the
+    frames leave in the order they were written. Nested corks flush at the outermost exit.
+    """
+
+    __slots__ = ("_depth", "held")
+
+    def __init__(self) -> None:
+        self.held: dict[FrameWriter, list[bytes]] | None = None
+        self._depth = 0
+
+    def __enter__(self) -> Cork:
+        if self._depth == 0:
+            self.held = {}
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        held, self.held = self.held, None
+        for writer, frames in (held or {}).items():
+            if writer.open:  # closed meanwhile: the client recovers what it missed
+                writer.write_now(frames)
+
+
+CORK = Cork()  # one per process: the event loop's thread is the only writer
 
 
 class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):

@@ -161,10 +161,10 @@ class Publisher:
         targets = await self._own.targets(channel)
         results = iter(resp.results)
         for req, done in batch:
-            first: hpb.Appended | None = None
+            stored: list[hpb.Appended] = []
             for ev in events_of(req):
                 res = next(results)
-                first = first or res
+                stored.append(res)
                 # Duplicates are delivered again: edges drop what they already have by offset,
                 # and a retry after a crash between append and fan-out must still reach them.
                 delivery = pb.RouterMessage(delivery=pb.Delivery(
@@ -176,9 +176,9 @@ class Publisher:
                 self._m.deliveries.inc(len(targets))
                 self._m.fanout.observe(len(targets))
                 self._m.publishes.labels("duplicate" if res.duplicate else "ok").inc()
-            assert first is not None
+            first = stored[0]
             done(pb.PublishAck(request_id=req.request_id, offset=first.offset,
-                               epoch=resp.epoch, duplicate=first.duplicate))
+                               epoch=resp.epoch, duplicate=first.duplicate, more=stored[1:]))
         self.published[channel] = self.published.get(channel, 0) + len(resp.results)
 
     def _fan_out(self, channel: str, delivery: pb.Delivery) -> None:

@@ -106,8 +106,11 @@ def test_idle_reports_memory_per_tier_and_answers_heartbeats(cluster: DevCluster
     assert "KiB per 1k conns" in table
 
 
-def test_stream_delivers_every_chunk_in_order_to_every_client(cluster: DevCluster, tu: float) -> None:
-    result, table, _ = bench(["stream", *against(cluster), "-C", "3", "-M", "200", "-T", "2", "--lanes", "8"],
+@pytest.mark.parametrize("mode", [["--lanes", "8", "--chunks-per-request", "1"], []],
+                         ids=["8-lanes-one-chunk-per-request", "1-lane-batched"])
+def test_stream_delivers_every_chunk_in_order_to_every_client(cluster: DevCluster, tu: float,
+                                                              mode: list[str]) -> None:
+    result, table, _ = bench(["stream", *against(cluster), "-C", "3", "-M", "200", "-T", "2", *mode],
                              timeout_s=120 * tu, SWITCHBOARD_JWT_SECRET=cluster.jwt_secret)
     (step,) = result["steps"]
     assert step["send_errors"] == {}

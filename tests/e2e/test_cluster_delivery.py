@@ -6,7 +6,9 @@ import asyncio
 import json
 
 import httpx
+import pytest
 import websockets
+from switchboard_client import Event, PublishError
 
 from services.devcluster import DevCluster
 from tests.e2e.conftest import chat_url, collect, token_for
@@ -107,6 +109,53 @@ async def test_same_id_is_stored_and_delivered_once(cluster, clients, publisher,
     assert [e["id"] for e in events] == ["evt-1", "evt-2"]
 
 
+async def test_a_batch_publish_is_stored_in_order_all_or_none(cluster, clients, publisher, sid, tu) -> None:
+    channel = f"session:{sid}"
+    c = clients(chat_url(cluster, 1, sid), token_for(cluster, "u", [sid]), session_id=sid)
+    await c.connect()
+    events = [Event("chat_message_chunk", {"content": f"part {i}", "chunk_index": i}, f"{sid}-c{i}")
+              for i in range(5)]
+    stored = await publisher.publish_many(channel, events)
+    offsets = [r["offset"] for r in stored["results"]]
+    assert [r["id"] for r in stored["results"]] == [e.id for e in events]
+    assert offsets == list(range(offsets[0], offsets[0] + 5)) and stored["epoch"]
+    got = await collect(c, 5, {"chat_message_chunk"}, 5 * tu)
+    assert [(e["id"], e["offset"]) for e in got] == list(zip([e.id for e in events], offsets, strict=True))
+    again = await publisher.publish_many(channel, events)  # a retry: stored once
+    assert [(r["offset"], r["duplicate"]) for r in again["results"]] == [(o, True) for o in offsets]
+
+    port = cluster.by_role("edge")[0].port
+    auth = {"authorization": f"Bearer {token_for(cluster, 'svc', scopes=['publish'])}"}
+    good = {"type": "chat_message_chunk", "payload": {"content": "x"}}
+    async with httpx.AsyncClient(timeout=5 * tu) as http:
+        for bad in ([good, {**good, "type": "nonsense"}], [good] * 33, [good, {"type": "chat_typing_start"}],
+                    [], "not a list", [good, [1]]):
+            r = await http.post(f"http://127.0.0.1:{port}/api/v1/publish", headers=auth,
+                                json={"channel": channel, "events": bad})
+            assert r.status_code == 400 and r.json()["code"] == "invalid", bad
+        r = await http.get(f"http://127.0.0.1:{port}/api/v1/channels/{channel}/history",
+                           params={"since": 0, "limit": 100}, headers=auth)
+    assert [e["offset"] for e in r.json()["events"]] == offsets  # nothing of a refused batch
+
+
+async def test_a_stream_publisher_batches_and_keeps_the_order(cluster, clients, publisher, sid, tu) -> None:
+    subs = []
+    for edge in (0, 1):
+        c = clients(chat_url(cluster, edge, sid), token_for(cluster, f"u{edge}", [sid]), session_id=sid)
+        await c.connect()
+        subs.append(c)
+    n = 300
+    async with publisher.stream(f"session:{sid}") as stream:
+        for i in range(n):  # queued without waiting: requests carry up to 32 chunks each
+            await stream.send("chat_message_chunk", {"content": f"t{i}", "chunk_index": i})
+    assert stream.stored == n and stream.requests <= -(-n // 32)
+    for c in subs:
+        got = await collect(c, n, {"chat_message_chunk"}, 10 * tu)
+        assert [e["payload"]["chunk_index"] for e in got] == list(range(n))
+        offsets = [e["offset"] for e in got]
+        assert offsets == list(range(offsets[0], offsets[0] + n))
+
+
 async def test_ephemeral_typing_skips_history(cluster, clients, sid, tu) -> None:
     a = clients(chat_url(cluster, 0, sid), token_for(cluster, "a", [sid]), session_id=sid)
     b = clients(chat_url(cluster, 1, sid), token_for(cluster, "b", [sid]), session_id=sid)
@@ -140,3 +189,16 @@ async def test_raw_socket_sees_no_null_values(cluster, sid, tu) -> None:
         frames = [json.loads(await asyncio.wait_for(ws.recv(), 5 * tu)) for _ in range(2)]
         for f in frames:
             assert "null" not in json.dumps(f)
+
+
+async def test_a_stream_publisher_stops_at_a_refused_request_and_keeps_what_was_not_stored(
+        cluster, publisher) -> None:
+    stream = publisher.stream("nowhere:1")  # not a channel: the edge answers 400
+    ids = [await stream.send("chat_message_chunk", {"content": str(i)}) for i in range(3)]
+    with pytest.raises(PublishError) as info:
+        await stream.flush()
+    assert info.value.status == 400 and [e.id for e in stream.unsent] == ids
+    with pytest.raises(PublishError):
+        await stream.send("chat_message_chunk", {"content": "late"})
+    with pytest.raises(PublishError):
+        await stream.aclose()

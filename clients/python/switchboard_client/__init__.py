@@ -8,9 +8,10 @@ from switchboard_client.client import (
     SwitchboardClient,
 )
 from switchboard_client.close_codes import should_reconnect
-from switchboard_client.publisher import Publisher, PublishError
+from switchboard_client.publisher import Event, Publisher, PublishError, StreamPublisher
 
 __all__ = [
-    "ClientClosedError", "PresenceError", "PublishError", "Publisher", "SendQueueFullError",
+    "ClientClosedError", "Event", "PresenceError", "PublishError", "Publisher", "SendQueueFullError",
+    "StreamPublisher",
     "SwitchboardClient", "should_reconnect",
 ]
