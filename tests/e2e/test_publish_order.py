@@ -68,15 +68,15 @@ async def test_busy_store_pool_keeps_each_senders_order(make_cluster, clients, t
 
 
 async def test_stalled_history_keeps_each_senders_order(make_cluster, clients, tu) -> None:
-    # History stops answering for 2.5 s while messages are waiting. Appends have a 1 s deadline,
-    # so the router fails the ones in flight as "unavailable" and the edge retries them; the
-    # messages behind them must wait for them, not overtake them.
+    # History stops answering for 2.5 s, from before the first message is sent (so that appends
+    # are surely in flight during the stall, however fast the cluster is). Appends have a 1 s
+    # deadline, so the router fails the ones in flight as "unavailable" and the edge retries
+    # them; the messages behind them must wait for them, not overtake them.
     cluster = make_cluster(env={"SWITCHBOARD_RPC_TIMEOUT_S": "1"})
     history = cluster.by_role("history")[0]
 
     async def stall() -> None:
-        await asyncio.sleep(0.05 * tu)
-        history.signal(signal.SIGSTOP)
+        history.signal(signal.SIGSTOP)  # runs before the sending tasks start
         try:
             await asyncio.sleep(2.5)
         finally:
