@@ -155,9 +155,16 @@ async def test_big_sessions_get_throttled_summaries(make_cluster, clients, sid, 
 
     await asyncio.gather(*(c.close() for c in crowd))
     left: set[str] = set()
+    leave_summaries = 0
     while left != set(crowd_names):
         ev = await next_presence(alice, 5 * tu)
-        assert ev["type"] == "presence_leave" and "users" in ev["payload"]
-        left.update(ev["payload"]["users"])
+        assert ev["type"] == "presence_leave"
+        if "users" in ev["payload"]:
+            leave_summaries += 1
+            left.update(ev["payload"]["users"])
+        else:  # a leave seen once the session is small again (3 users) is announced on its own
+            assert ev["payload"]["count"] <= 3
+            left.add(ev["payload"]["user_id"])
+    assert leave_summaries >= 1
     assert users_of(await alice.presence(channel, 5 * tu)) == {"alice": 1, "u0": 1, "u1": 1}
     del small
