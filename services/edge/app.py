@@ -24,7 +24,6 @@ from starlette.websockets import WebSocket
 from services.common import wire
 from services.common.auth import AuthError, Principal, TokenVerifier, mint_token, normalize_channel, valid_id
 from services.common.close_codes import CloseCode
-from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import LeaseKeeper, MemberWatcher
 from services.common.settings import Settings
@@ -35,7 +34,9 @@ from services.common.telemetry import GrpcMetrics, new_registry
 from services.edge.connection import Connection, presence_payload
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import DemoAgent
+from services.edge.domain import Event
 from services.edge.errors import EdgeError
+from services.edge.history_reader import HistoryReader
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.presence import PresenceTracker
@@ -89,7 +90,8 @@ def create_app(settings: Settings) -> Starlette:
                           reconnect_max_s=settings.router_reconnect_max_s,
                           publish_timeout_s=settings.publish_timeout_s,
                           grpc_metrics=grpc_metrics)
-        hub = Hub(pool, history, metrics, pending_max=settings.edge_link_queue_max,
+        reader = HistoryReader(history)  # the edge sees domain pages, not protobuf
+        hub = Hub(pool, reader, metrics, pending_max=settings.edge_link_queue_max,
                   attach_timeout_s=settings.rpc_timeout_s)
         pool.register(hub)
         routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
@@ -98,7 +100,7 @@ def create_app(settings: Settings) -> Starlette:
                             ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
         ctx = EdgeContext(settings, routers, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
                                                   allow_any_session=settings.allow_any_session),
-                          pool, history, hub, metrics, registry)
+                          pool, reader, hub, metrics, registry)
         metrics.watch(ctx.connections, pool.connected_count)
         ready_task: asyncio.Task[None] | None = None
         presence, agent, edges = _extras(settings, backend, members, ctx)
@@ -224,7 +226,7 @@ async def publish(request: Request) -> Response:
                      "duplicate": ack.duplicate})
 
 
-def _publish_request(body: Any) -> tuple[str, hpb.Event, bool]:
+def _publish_request(body: Any) -> tuple[str, Event, bool]:
     if not isinstance(body, dict):
         raise ValueError("body must be a JSON object")
     channel = normalize_channel(str(body.get("channel", "")))
@@ -249,7 +251,7 @@ def _publish_request(body: Any) -> tuple[str, hpb.Event, bool]:
         session_id=ident if kind == "session" else None,
         user_id=ident if kind != "session" else body.get("user_id"),
     )
-    return channel, hpb.Event(id=event_id, type=event_type, body=encoded, priority=priority), ephemeral
+    return channel, Event(id=event_id, type=event_type, body=encoded, priority=priority), ephemeral
 
 
 def _readable_channel(request: Request, ctx: EdgeContext) -> str | Response:
@@ -371,10 +373,10 @@ def _extras(settings: Settings, backend: Backend, members: MembershipStore,
             ctx: EdgeContext) -> tuple[PresenceTracker, DemoAgent | None, MemberWatcher | None]:
     """The presence tracker, and in demo mode the demo agent and the edge membership watcher."""
 
-    async def publish_ephemeral(channel: str, event: hpb.Event) -> object:
+    async def publish_ephemeral(channel: str, event: Event) -> object:
         return await ctx.pool.publish(channel, event, ephemeral=True)
 
-    async def publish_durable(channel: str, event: hpb.Event) -> object:
+    async def publish_durable(channel: str, event: Event) -> object:
         return await ctx.pool.publish(channel, event, ephemeral=False)
 
     ctx.presence = PresenceTracker(
