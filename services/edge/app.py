@@ -24,7 +24,6 @@ from starlette.websockets import WebSocket
 from services.common import wire
 from services.common.auth import AuthError, Principal, TokenVerifier, mint_token, normalize_channel, valid_id
 from services.common.close_codes import CloseCode
-from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import LeaseKeeper, MemberWatcher
 from services.common.settings import Settings
@@ -35,7 +34,9 @@ from services.common.telemetry import GrpcMetrics, new_registry
 from services.edge.connection import PUBLISH_UNIT_MAX, Connection, presence_payload
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import DemoAgent
+from services.edge.domain import Event
 from services.edge.errors import EdgeError
+from services.edge.history_reader import HistoryReader
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.presence import PresenceTracker
@@ -89,7 +90,8 @@ def create_app(settings: Settings) -> Starlette:
                           reconnect_max_s=settings.router_reconnect_max_s,
                           publish_timeout_s=settings.publish_timeout_s,
                           grpc_metrics=grpc_metrics)
-        hub = Hub(pool, history, metrics, pending_max=settings.edge_link_queue_max,
+        reader = HistoryReader(history)  # the edge sees domain pages, not protobuf
+        hub = Hub(pool, reader, metrics, pending_max=settings.edge_link_queue_max,
                   attach_timeout_s=settings.rpc_timeout_s)
         pool.register(hub)
         routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
@@ -98,7 +100,7 @@ def create_app(settings: Settings) -> Starlette:
                             ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
         ctx = EdgeContext(settings, routers, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
                                                   allow_any_session=settings.allow_any_session),
-                          pool, history, hub, metrics, registry)
+                          pool, reader, hub, metrics, registry)
         metrics.watch(ctx.connections, pool.connected_count)
         ready_task: asyncio.Task[None] | None = None
         presence, agent, edges = _extras(settings, backend, members, ctx)
@@ -221,7 +223,7 @@ async def publish(request: Request) -> Response:
         return _error(e.http_status, e.code, str(e))
     m.publishes.labels("http", "ok").inc(len(events))
     if batch:
-        stored = [(ack.offset, ack.duplicate), *((a.offset, a.duplicate) for a in ack.more)]
+        stored = [(ack.offset, ack.duplicate), *ack.more]
         return JSONBody({"channel": channel, "epoch": ack.epoch, "results": [
             {"id": ev.id, "offset": offset, "duplicate": dup}
             for ev, (offset, dup) in zip(events, stored, strict=True)]})
@@ -232,7 +234,7 @@ async def publish(request: Request) -> Response:
                      "duplicate": ack.duplicate})
 
 
-def _publish_request(body: Any) -> tuple[str, list[hpb.Event], bool, bool]:
+def _publish_request(body: Any) -> tuple[str, list[Event], bool, bool]:
     """(channel, events, ephemeral, batch) of a publish body: one event, or with `events` a
     batch of 1..PUBLISH_UNIT_MAX durable events stored in order, all or none."""
     if not isinstance(body, dict):
@@ -259,7 +261,7 @@ def _publish_request(body: Any) -> tuple[str, list[hpb.Event], bool, bool]:
     return channel, events, False, True
 
 
-def _event(channel: str, body: dict[str, Any]) -> hpb.Event:
+def _event(channel: str, body: dict[str, Any]) -> Event:
     event_type = body.get("type")
     if event_type not in wire.EVENT_TYPES:
         raise ValueError(f"unknown event type: {str(event_type)[:64]}")
@@ -278,7 +280,7 @@ def _event(channel: str, body: dict[str, Any]) -> hpb.Event:
         session_id=ident if kind == "session" else None,
         user_id=ident if kind != "session" else body.get("user_id"),
     )
-    return hpb.Event(id=event_id, type=event_type, body=encoded, priority=priority)
+    return Event(id=event_id, type=event_type, body=encoded, priority=priority)
 
 
 def _readable_channel(request: Request, ctx: EdgeContext) -> str | Response:
@@ -400,10 +402,10 @@ def _extras(settings: Settings, backend: Backend, members: MembershipStore,
             ctx: EdgeContext) -> tuple[PresenceTracker, DemoAgent | None, MemberWatcher | None]:
     """The presence tracker, and in demo mode the demo agent and the edge membership watcher."""
 
-    async def publish_ephemeral(channel: str, event: hpb.Event) -> object:
+    async def publish_ephemeral(channel: str, event: Event) -> object:
         return await ctx.pool.publish(channel, event, ephemeral=True)
 
-    async def publish_durable(channel: str, event: hpb.Event) -> object:
+    async def publish_durable(channel: str, event: Event) -> object:
         return await ctx.pool.publish(channel, event, ephemeral=False)
 
     ctx.presence = PresenceTracker(

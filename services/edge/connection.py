@@ -12,7 +12,6 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 import structlog
@@ -21,12 +20,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from services.common import wire
 from services.common.auth import AuthError, Principal, normalize_channel, valid_id
 from services.common.close_codes import CloseCode, reason_of
-from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.history_client import HistoryCallError
 from services.common.store.base import StoreError
 from services.common.tasks import cancel_and_wait, first_completed
+from services.edge.catchup import ClientRecovery, RecoveryAnswer, RecoveryReason, StreamPosition
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import AGENT_MENTION
+from services.edge.domain import Event, HistoryPage
 from services.edge.errors import EdgeError
 from services.edge.presence import tracked
 from services.edge.ratelimit import TokenBucket
@@ -39,15 +39,6 @@ WRITE_BATCH = 256  # frames written in one transport write when a backlog drains
 MAX_INFLIGHT_PUBLISHES = 64  # a connection's publishes queued or in flight
 PUBLISH_UNIT_MAX = 32  # queued messages of one connection sent as one atomic, ordered unit
 RECOVER_PAGE = 500
-
-
-@dataclass
-class Recovery:
-    channel: str
-    position: wire.RecoverPosition
-    answer: dict[str, Any]
-    page: list[hpb.StoredEvent] = field(default_factory=list)
-    more: bool = False
 
 
 class _Dropped(Exception):
@@ -80,7 +71,7 @@ class Connection:
         self._closing: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_PUBLISHES)
-        self._outbox: deque[tuple[str, hpb.Event]] = deque()  # durable publishes, in send order
+        self._outbox: deque[tuple[str, Event]] = deque()  # durable publishes, in send order
         self._sender: asyncio.Task[None] | None = None
         # channel -> live frames held while the channel's missed events are replayed
         self._recovering: dict[str, list[tuple[bytes, int, int]]] = {}
@@ -197,7 +188,7 @@ class Connection:
             "session_id": self.session_id, "available_channels": available,
             "subscribed_channels": ok, "failed_channels": failed or None,
             "connectionId": self.connection_id, "userId": p.user_id, "sessionId": self.session_id,
-            "recovered": {c: r.answer for c, r in recovery.items()} or None,
+            "recovered": _answers(recovery) or None,
         }
         await self._send_now(wire.encode(reply).decode())
         self._direct = self._frames is not None  # nothing may overtake the auth reply
@@ -310,7 +301,7 @@ class Connection:
         body = wire.encode_body(event_type, payload, event_id=eid, channel=channel,
                                 session_id=channel.partition(":")[2],
                                 user_id=self.principal.user_id)
-        event = hpb.Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
+        event = Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
         # Bounded publishes per connection: the reader waits here when the bound is reached,
         # which is back-pressure on a flooding client instead of unbounded tasks.
         await self._inflight.acquire()
@@ -330,14 +321,14 @@ class Connection:
         try:
             while self._outbox:
                 channel = self._outbox[0][0]
-                unit: list[hpb.Event] = []
+                unit: list[Event] = []
                 while self._outbox and self._outbox[0][0] == channel and len(unit) < PUBLISH_UNIT_MAX:
                     unit.append(self._outbox.popleft()[1])
                 await self._await_publish(channel, unit, ephemeral=False)
         finally:
             self._sender = None
 
-    async def _await_publish(self, channel: str, events: list[hpb.Event], ephemeral: bool) -> None:
+    async def _await_publish(self, channel: str, events: list[Event], ephemeral: bool) -> None:
         m = self.ctx.metrics
         try:
             with m.publish_seconds.time():
@@ -388,7 +379,7 @@ class Connection:
                 ok.append(channel)
         states = await asyncio.gather(*(self.ctx.hub.subscribe(self, c) for c in new))
         for channel, state in zip(new, states, strict=True):
-            self.offsets.setdefault(channel, state.last_offset)
+            self.offsets.setdefault(channel, state.sync.offset)
         self._presence_join(new)
         return ok, failed
 
@@ -452,69 +443,62 @@ class Connection:
 
     async def _recover(self, positions: dict[str, wire.RecoverPosition]) -> None:
         recovery = await self._begin_recovery(positions)
-        self._push_event("recover_response", {
-            "channels": {c: r.answer for c, r in recovery.items()}})
+        self._push_event("recover_response", {"channels": _answers(recovery)})
         self._start_replays(recovery)
 
-    async def _begin_recovery(self, positions: dict[str, wire.RecoverPosition]) -> dict[str, Recovery]:
+    async def _begin_recovery(
+        self, positions: dict[str, wire.RecoverPosition],
+    ) -> dict[str, ClientRecovery]:
         """Subscribe each channel with its live frames held back, and read the first page of
         what the client missed: that tells whether history still covers it."""
         assert self.principal is not None
-        out: dict[str, Recovery] = {}
+        out: dict[str, ClientRecovery] = {}
         for name, pos in positions.items():
             channel = normalize_channel(name)
+            r = out[name] = ClientRecovery(channel or name, StreamPosition(pos.offset, pos.epoch))
             if channel is None or not self.principal.may_access(channel):
-                out[name] = Recovery(channel or name, pos, {"recovered": False, "reason": "forbidden"})
-                continue
-            if channel in self._recovering:
-                out[name] = Recovery(channel, pos, {"recovered": False, "reason": "in_progress"})
-                continue
-            self._recovering[channel] = []  # before subscribing: hold live frames
-            out[name] = Recovery(channel, pos, {})
-        live = [r for r in out.values() if not r.answer]
+                r.answer = RecoveryAnswer(False, RecoveryReason.FORBIDDEN)
+            elif channel in self._recovering:
+                r.answer = RecoveryAnswer(False, RecoveryReason.IN_PROGRESS)
+            else:
+                self._recovering[channel] = []  # before subscribing: hold live frames
+        live = [r for r in out.values() if r.answer is None]
         await self._subscribe([r.channel for r in live])
         for r in live:
-            self.offsets[r.channel] = r.position.offset
-        await asyncio.gather(*(self._first_page(r) for r in out.values() if not r.answer))
+            self.offsets[r.channel] = r.since.offset
+        await asyncio.gather(*(self._first_page(r) for r in live))
         for r in out.values():
-            self.ctx.metrics.recoveries.labels(
-                "recovered" if r.answer.get("recovered") else str(r.answer.get("reason"))).inc()
+            assert r.answer is not None
+            self.ctx.metrics.recoveries.labels(r.answer.outcome).inc()
         return out
 
-    async def _first_page(self, r: Recovery) -> None:
+    async def _first_page(self, r: ClientRecovery) -> None:
         try:
-            got = await self.ctx.history.read(r.channel, r.position.offset, epoch=r.position.epoch,
-                                              limit=RECOVER_PAGE)
+            page = await self.ctx.history.read(r.channel, r.since.offset, epoch=r.since.epoch,
+                                               limit=RECOVER_PAGE)
         except HistoryCallError as e:
-            r.answer = {"recovered": False, "reason": e.code}
+            r.failed(e.code)
             return
-        ok = got.complete and not got.epoch_changed
-        r.page = list(got.events) if ok else []
-        r.more = ok and bool(got.events) and got.events[-1].offset < got.top_offset
-        r.answer = {"recovered": ok, "epoch": got.epoch, "offset": got.top_offset}
-        if not ok:
-            r.answer["reason"] = "epoch_changed" if got.epoch_changed else "trimmed"
+        if not r.first_page(page):
             self.offsets[r.channel] = 0  # the client's position means nothing now: go on live
 
-    def _start_replays(self, recovery: dict[str, Recovery]) -> None:
+    def _start_replays(self, recovery: dict[str, ClientRecovery]) -> None:
         for r in recovery.values():
-            if r.answer.get("reason") not in ("forbidden", "in_progress"):
+            if r.replays:
                 self._spawn(self._replay(r))
 
-    async def _replay(self, r: Recovery) -> None:
+    async def _replay(self, r: ClientRecovery) -> None:
         """Send the missed events in order, paced by the send queue, then the live frames held
         meanwhile (duplicates at the seam are dropped by offset)."""
         try:
-            page, more = r.page, r.more
-            while page:
-                for ev in page:
+            while r.page:
+                for ev in r.page:
                     await self.queue.wait_room()
                     self._deliver(text_frame(ev.frame), ev.priority, r.channel, ev.offset)
-                if not more:
+                since = r.next_read()
+                if since is None:
                     break
-                got = await self.ctx.history.read(r.channel, page[-1].offset, limit=RECOVER_PAGE)
-                page = list(got.events)
-                more = bool(page) and page[-1].offset < got.top_offset
+                r.next_page(await self.ctx.history.read(r.channel, since, limit=RECOVER_PAGE))
         except HistoryCallError as e:
             log.warning("replay_failed", channel=r.channel, error=str(e))
         finally:
@@ -614,12 +598,16 @@ class Connection:
         return task
 
 
+def _answers(recovery: dict[str, ClientRecovery]) -> dict[str, dict[str, Any]]:
+    return {name: r.answer.to_wire() for name, r in recovery.items() if r.answer is not None}
+
+
 def presence_payload(channel: str, users: dict[str, int]) -> dict[str, Any]:
     return {"channel": channel, "count": len(users),
             "users": [{"user_id": u, "connections": n} for u, n in sorted(users.items())]}
 
 
-def history_frame(channel: str, got: hpb.ReadResponse) -> bytes:
+def history_frame(channel: str, got: HistoryPage) -> bytes:
     """A history_response event whose events are the stored frames, embedded without re-encoding."""
     body = wire.encode_body("history_response", {
         "channel": channel, "epoch": got.epoch, "top_offset": got.top_offset,

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from services.common.auth import TokenVerifier
-from services.common.history_client import HistoryClient
 from services.common.membership import MemberWatcher
 from services.common.settings import Settings
+from services.edge.history_reader import HistoryReader
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
@@ -28,7 +28,7 @@ class EdgeContext:
     members: MemberWatcher
     verifier: TokenVerifier
     pool: RouterPool
-    history: HistoryClient
+    history: HistoryReader
     hub: Hub
     metrics: EdgeMetrics
     registry: CollectorRegistry

@@ -16,14 +16,14 @@ from typing import Any
 import structlog
 
 from services.common import wire
-from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.tasks import cancel_and_wait
+from services.edge.domain import Event
 
 log = structlog.get_logger("switchboard.edge")
 AGENT_MENTION = "@agent"
 AGENT_USER = "agent"
 CHUNK_INTERVAL_S = 0.03
-Publish = Callable[[str, hpb.Event], Awaitable[object]]
+Publish = Callable[[str, Event], Awaitable[object]]
 
 
 def reply_text(content: str) -> str:
@@ -84,5 +84,5 @@ class DemoAgent:
         eid = wire.new_id()
         body = wire.encode_body(event_type, payload, event_id=eid, channel=channel,
                                 session_id=channel.partition(":")[2], user_id=AGENT_USER)
-        await self._publish(channel, hpb.Event(id=eid, type=event_type, body=body,
-                                               priority=wire.priority_of(event_type)))
+        await self._publish(channel, Event(id=eid, type=event_type, body=body,
+                                           priority=wire.priority_of(event_type)))

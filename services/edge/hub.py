@@ -1,9 +1,10 @@
 """Local fan-out at the edge: channel -> subscribed connections, in offset order.
 
-Each delivery from a router is decoded once and handed to every local subscriber. Per channel
-the hub keeps the last offset delivered and the epoch: duplicates are dropped, and on a gap the
-missing range is read from history before going on, so even clients that know nothing of
-offsets get a complete, ordered stream.
+Each delivery from a router is handed as it is to every local subscriber. Per channel the hub
+keeps a `catchup.ChannelSync` (the position and the repair state) and acts on its verdicts:
+duplicates are dropped, and on a gap the missing range is read from history before going on,
+so even clients that know nothing of offsets get a complete, ordered stream. The decisions are
+in `catchup.py`; this module does the I/O (history reads, repair tasks, metrics, logs).
 """
 
 from __future__ import annotations
@@ -15,9 +16,20 @@ from typing import Protocol
 
 import structlog
 
-from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
-from services.common.history_client import HistoryCallError, HistoryClient
+from services.common.history_client import HistoryCallError
 from services.common.tasks import cancel_and_wait
+from services.edge.catchup import (
+    DELIVER,
+    DUPLICATE,
+    EPOCH_CHANGED,
+    GAP,
+    OVERFLOWED,
+    ChannelSync,
+    RepairResult,
+    Verdict,
+)
+from services.edge.domain import Delivery
+from services.edge.history_reader import HistoryReader
 from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
 from services.edge.wsproto import text_frame
@@ -35,20 +47,15 @@ class Subscriber(Protocol):
         ...
 
 
-@dataclass
+@dataclass(eq=False)
 class ChannelState:
+    sync: ChannelSync
     subscribers: set[Subscriber] = field(default_factory=set)
-    last_offset: int = 0
-    epoch: str = ""
-    repairing: bool = False
-    pending: list[pb.Delivery] = field(default_factory=list)
-    resync: bool = False       # read up to the newest offset once the running repair is done
-    overflowed: bool = False   # deliveries were dropped while repairing (pending was full)
     attached: asyncio.Future[None] | None = None
 
 
 class Hub:
-    def __init__(self, pool: RouterPool, history: HistoryClient, metrics: EdgeMetrics,
+    def __init__(self, pool: RouterPool, history: HistoryReader, metrics: EdgeMetrics,
                  *, pending_max: int, attach_timeout_s: float) -> None:
         self._pool = pool
         self._history = history
@@ -63,7 +70,7 @@ class Hub:
         every later one waits for that, so a subscription is live when this returns."""
         state = self.channels.get(channel)
         if state is None:
-            state = self.channels[channel] = ChannelState()
+            state = self.channels[channel] = ChannelState(ChannelSync(channel, self._pending_max))
             state.attached = asyncio.get_running_loop().create_future()
             state.subscribers.add(sub)
             ok = await self._pool.attach(channel, self._attach_timeout_s)
@@ -89,117 +96,79 @@ class Hub:
                 if state.attached is not None and not state.attached.done():
                     state.attached.set_result(None)
 
-    def on_delivery(self, d: pb.Delivery) -> None:
+    def on_delivery(self, d: Delivery) -> None:
         self._m.deliveries.inc()
         state = self.channels.get(d.channel)
         if state is None:
             return
-        if d.offset == 0:  # ephemeral: no order, no history
-            self._fan_out(state, d)
-            return
-        if state.repairing:
-            if len(state.pending) < self._pending_max:
-                state.pending.append(d)
-            else:  # bounded: what is dropped here is read from history by the next repair
-                state.overflowed = True
-                self._m.repair_overflow.inc()
-            return
-        self._in_order(d.channel, state, d)
-
-    def _in_order(self, channel: str, state: ChannelState, d: pb.Delivery) -> None:
-        if d.epoch != state.epoch or state.last_offset == 0:
-            if state.epoch and d.epoch != state.epoch:
-                log.warning("channel_epoch_changed", channel=channel, old=state.epoch, new=d.epoch)
-            state.epoch, state.last_offset = d.epoch, d.offset
-            self._fan_out(state, d)
-        elif d.offset <= state.last_offset:
-            self._m.duplicates.inc()
-        elif d.offset == state.last_offset + 1:
-            state.last_offset = d.offset
+        verdict = state.sync.receive(d)
+        if verdict is DELIVER:
             self._fan_out(state, d)
         else:
-            state.pending.append(d)
-            self._start_repair(channel, state)
+            self._act(state, d, verdict)
+
+    def _act(self, state: ChannelState, d: Delivery, verdict: Verdict) -> None:
+        if verdict is DELIVER:
+            self._fan_out(state, d)
+        elif verdict is EPOCH_CHANGED:
+            log.warning("channel_epoch_changed", channel=d.channel, old=state.sync.previous_epoch,
+                        new=d.epoch)
+            self._fan_out(state, d)
+        elif verdict is DUPLICATE:
+            self._m.duplicates.inc()
+        elif verdict is GAP:
+            self._start_repair(state)
+        elif verdict is OVERFLOWED:
+            self._m.repair_overflow.inc()
 
     def resync(self, channels: list[str]) -> None:
         """After (re)attaching channels to a router: deliver from history whatever was appended
         while this edge was not attached (a dead owner, a move), even if nothing follows it."""
         for channel in channels:
             state = self.channels.get(channel)
-            if state is None or not state.last_offset:
-                continue
-            if state.repairing:
-                state.resync = True  # the running repair stops at its target: go on after it
-            else:
-                self._start_repair(channel, state)
+            if state is not None and state.sync.resync():
+                self._start_repair(state)
 
-    def _start_repair(self, channel: str, state: ChannelState) -> None:
-        state.repairing = True
-        task = asyncio.create_task(self._repair(channel, state))
+    def _start_repair(self, state: ChannelState) -> None:
+        task = asyncio.create_task(self._repair(state))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _repair(self, channel: str, state: ChannelState) -> None:
-        """Read the missing range from history, deliver it, then the deliveries held meanwhile.
-        With nothing held (a resync), read up to the channel's newest offset."""
-        target = min(d.offset for d in state.pending) - 1 if state.pending else None
-        result = "ok"
+    async def _repair(self, state: ChannelState) -> None:
+        """Read the missing range from history, deliver it, then the deliveries held meanwhile."""
+        sync = state.sync
+        repair = sync.start_repair()
+        result = RepairResult.OK
         try:
-            while target is None or state.last_offset < target:
-                got = await self._history.read(channel, state.last_offset, epoch=state.epoch,
-                                               limit=REPAIR_PAGE)
-                if target is None and not got.epoch_changed:
-                    target = got.top_offset
-                    if state.last_offset >= target:
-                        result = "current"
-                        break
-                if got.epoch_changed or not got.events or target is None:
-                    result = "incomplete"
-                    break
-                for ev in got.events:
-                    if state.last_offset < ev.offset <= target:
-                        state.last_offset = ev.offset
-                        self._fan_out(state, pb.Delivery(channel=channel, offset=ev.offset,
-                                                         epoch=got.epoch, frame=ev.frame,
-                                                         priority=ev.priority))
-                if not got.complete:
-                    result = "incomplete"
-                    break
+            while (since := repair.next_read()) is not None:
+                page = await self._history.read(sync.channel, since.offset, epoch=since.epoch,
+                                                limit=REPAIR_PAGE)
+                for d in repair.take(page):
+                    self._fan_out(state, d)
+            result = repair.result or RepairResult.OK
         except HistoryCallError as e:
-            result = "failed"
-            log.warning("gap_repair_failed", channel=channel, error=str(e))
+            result = RepairResult.FAILED
+            log.warning("gap_repair_failed", channel=sync.channel, error=str(e))
         except asyncio.CancelledError:
-            result = "cancelled"  # shutting down: hand nothing on, start nothing new
+            result = RepairResult.CANCELLED  # shutting down: hand nothing on, start nothing new
             raise
         finally:
             self._m.gap_repairs.labels(result).inc()
-            if result != "cancelled":
-                self._after_repair(channel, state, result)
+            if result != RepairResult.CANCELLED:
+                self._after_repair(state, result)
 
-    def _after_repair(self, channel: str, state: ChannelState, result: str) -> None:
-        """Hand on the deliveries held during a repair, then catch up once more if a resync was
-        asked for meanwhile or held deliveries were dropped."""
-        pending, state.pending = sorted(state.pending, key=lambda d: d.offset), []
-        state.repairing = False
-        ahead = [d.offset for d in pending if d.offset > state.last_offset]
-        if result not in ("ok", "current") and ahead:
-            # Go on from the first held delivery not yet delivered: the gap is reported, not
-            # hidden. (From a late duplicate held meanwhile, it would be delivered again.)
-            state.last_offset = ahead[0] - 1
-        for d in pending:
-            if not state.repairing:
-                self._in_order(channel, state, d)
-            else:
-                state.pending.append(d)
-        if (state.resync or state.overflowed) and not state.repairing and result != "failed":
-            state.resync = state.overflowed = False
-            self._start_repair(channel, state)
+    def _after_repair(self, state: ChannelState, result: RepairResult) -> None:
+        """Hand on the deliveries held during a repair, then catch up once more if asked."""
+        sync = state.sync
+        for d in sync.end_repair(result):
+            self._act(state, d, sync.take_held(d))
+        if sync.repair_again(result):
+            self._start_repair(state)
 
-    def _fan_out(self, state: ChannelState, d: pb.Delivery) -> None:
+    def _fan_out(self, state: ChannelState, d: Delivery) -> None:
         frame = text_frame(d.frame)  # the WebSocket frame, built once for every subscriber
-        accepted = d.accepted_unix_us / 1e6
         for sub in list(state.subscribers):
-            sub.push(frame, d.priority, d.channel, d.offset, accepted)
+            sub.push(frame, d.priority, d.channel, d.offset, d.accepted)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

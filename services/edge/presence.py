@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.common import wire
-from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.store.base import PresenceChange, PresenceStore, StoreError
 from services.common.tasks import cancel_and_wait
+from services.edge.domain import Event
 
 log = structlog.get_logger("switchboard.edge")
-Publish = Callable[[str, hpb.Event], Awaitable[object]]
+Publish = Callable[[str, Event], Awaitable[object]]
 CLOSE_TIMEOUT_S = 2.0
 
 
@@ -200,7 +200,7 @@ class PresenceTracker:
         eid = wire.new_id()
         body = wire.encode_body(event_type, payload, event_id=eid, channel=channel,
                                 session_id=channel.partition(":")[2])
-        event = hpb.Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
+        event = Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._publish(channel, event)

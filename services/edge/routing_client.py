@@ -31,6 +31,7 @@ from services.common.rpc import credential_metadata, insecure_channel
 from services.common.sharding import owner_of
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics
+from services.edge.domain import Delivery, Event, PublishResult
 from services.edge.errors import (
     EdgeError,
     PublishRejectedError,
@@ -45,7 +46,7 @@ log = structlog.get_logger("switchboard.edge")
 class DeliverySink(Protocol):
     """What receives the routers' traffic on an edge (the hub), registered once at start."""
 
-    def on_delivery(self, d: pb.Delivery) -> None:
+    def on_delivery(self, d: Delivery) -> None:
         """An event for a channel of this edge; must not block."""
         ...
 
@@ -55,11 +56,13 @@ class DeliverySink(Protocol):
 
 
 class _NoSink:
-    def on_delivery(self, d: pb.Delivery) -> None:
+    def on_delivery(self, d: Delivery) -> None:
         return None
 
     def resync(self, channels: list[str]) -> None:
         return None
+
+
 ROUTER_SERVICE = "switchboard.routing.v1.Router"
 
 
@@ -167,7 +170,9 @@ class RouterLink:
                 for m in message.batch.messages:
                     self._dispatch(m)
         elif message.HasField("delivery"):
-            self._pool.sink.on_delivery(message.delivery)
+            d = message.delivery  # converted once per edge, before any subscriber sees it
+            self._pool.sink.on_delivery(Delivery(d.channel, d.offset, d.epoch, d.frame, d.priority,
+                                                 d.accepted_unix_us / 1e6))
         elif message.HasField("attached"):
             self._pool.attached(message.attached.channels)
         elif message.HasField("ack"):
@@ -185,6 +190,10 @@ class RouterLink:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
+
+
+def _event_pb(e: Event) -> hpb.Event:
+    return hpb.Event(id=e.id, type=e.type, body=e.body, priority=e.priority)
 
 
 def _size_of(message: pb.EdgeMessage) -> int:
@@ -291,8 +300,8 @@ class RouterPool:
 
     # ---- publish ---------------------------------------------------------------------------
 
-    async def publish(self, channel: str, event: hpb.Event, *, ephemeral: bool = False,
-                      more: Sequence[hpb.Event] = ()) -> pb.PublishAck:
+    async def publish(self, channel: str, event: Event, *, ephemeral: bool = False,
+                      more: Sequence[Event] = ()) -> PublishResult:
         """Publish and wait for the ack, retried until the publish deadline: on a lost stream, on
         an answer whose code is retryable (common/errors.py: unavailable, busy, overloaded), and on
         a router that does not answer within a third of the deadline (stalled), which is then
@@ -306,18 +315,20 @@ class RouterPool:
         accepted_us = time.time_ns() // 1000  # travels with the event: delivery latency
         avoid: set[str] = set()
         last: EdgeError = UpstreamUnavailableError("no router available")
+        first, rest = _event_pb(event), [_event_pb(e) for e in more]
         while (remaining := deadline - loop.time()) > 0:
             link = self._pick(channel, attempt, avoid)
             if link is not None:
                 request = pb.PublishRequest(request_id=next(self._ids), channel=channel,
-                                            event=event, ephemeral=ephemeral,
-                                            accepted_unix_us=accepted_us, more=more)
+                                            event=first, ephemeral=ephemeral,
+                                            accepted_unix_us=accepted_us, more=rest)
                 fut = link.publish(request)
                 try:
                     async with asyncio.timeout(min(remaining, attempt_s)):
                         ack = await fut
                     if not ack.error_code:
-                        return ack
+                        return PublishResult(ack.offset, ack.epoch, ack.duplicate,
+                                             tuple((a.offset, a.duplicate) for a in ack.more))
                     last = PublishRejectedError(ack.error_code, ack.error_message)
                     if not is_retryable(ack.error_code) or ephemeral:
                         raise last

@@ -19,13 +19,15 @@ import pytest
 
 from services.common import wire
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
-from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.history_client import HistoryClient
 from services.common.membership import MemberWatcher
 from services.common.settings import Settings
 from services.common.store.factory import build_membership_store, open_backend
 from services.common.store.memory import memory_backend
 from services.common.telemetry import new_registry
+from services.edge.catchup import StreamPosition
+from services.edge.domain import Delivery
+from services.edge.history_reader import HistoryReader
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.wsproto import payload_of, text_frame
@@ -113,7 +115,7 @@ class Rig:
     registry: Any
     bodies: dict[tuple[str, str, int], bytes] = field(default_factory=dict)  # (channel, epoch, offset)
 
-    async def append(self, n: int, channel: str = CHANNEL, *, prefix: str = "e") -> list[pb.Delivery]:
+    async def append(self, n: int, channel: str = CHANNEL, *, prefix: str = "e") -> list[Delivery]:
         """Append n events through the real client; return the deliveries a router would send."""
         events = []
         for _ in range(n):
@@ -128,7 +130,7 @@ class Rig:
             out.append(delivery(channel, ev.body, res.offset, got.epoch))
         return out
 
-    def deliver(self, *deliveries: pb.Delivery) -> None:
+    def deliver(self, *deliveries: Delivery) -> None:
         for d in deliveries:
             self.hub.on_delivery(d)
 
@@ -143,8 +145,8 @@ class Rig:
 
     async def settled(self, timeout_s: float, channel: str = CHANNEL) -> None:
         """Wait until no repair runs on the channel and nothing is held."""
-        await until(lambda: not self.hub.channels[channel].repairing
-                    and not self.hub.channels[channel].pending, timeout_s)
+        await until(lambda: not self.hub.channels[channel].sync.repairing
+                    and not self.hub.channels[channel].sync.pending, timeout_s)
 
 
 async def until(check: Callable[[], bool], timeout_s: float) -> None:
@@ -156,14 +158,14 @@ async def until(check: Callable[[], bool], timeout_s: float) -> None:
             await asyncio.sleep(0.01)
 
 
-def delivery(channel: str, body: bytes, offset: int, epoch: str, priority: int = 2) -> pb.Delivery:
-    return pb.Delivery(channel=channel, offset=offset, epoch=epoch,
-                       frame=wire.seal(body, offset, epoch), priority=priority)
+def delivery(channel: str, body: bytes, offset: int, epoch: str, priority: int = 2) -> Delivery:
+    return Delivery(channel=channel, offset=offset, epoch=epoch,
+                    frame=wire.seal(body, offset, epoch), priority=priority)
 
 
-def ephemeral(channel: str = CHANNEL) -> pb.Delivery:
+def ephemeral(channel: str = CHANNEL) -> Delivery:
     body = wire.encode_body("user_typing", {"is_typing": True}, channel=channel)
-    return pb.Delivery(channel=channel, offset=0, epoch="", frame=body, priority=3)
+    return Delivery(channel=channel, offset=0, epoch="", frame=body, priority=3)
 
 
 MakeRig = Callable[..., Awaitable[Rig]]
@@ -199,7 +201,7 @@ async def make_rig(key_prefix: str, tu: float) -> AsyncIterator[MakeRig]:
             registry = new_registry()
             metrics = EdgeMetrics(registry)
             pool = FakeRouterPool()
-            hub = Hub(pool, client, metrics, pending_max=100, attach_timeout_s=1.0 * tu)  # type: ignore[arg-type]
+            hub = Hub(pool, HistoryReader(client), metrics, pending_max=100, attach_timeout_s=1.0 * tu)  # type: ignore[arg-type]
             stack.push_async_callback(hub.aclose)
             return Rig(hub, pool, client, metrics, history, registry)
 
@@ -268,8 +270,7 @@ async def test_in_order_deliveries_pass_through_once_to_every_subscriber(make_ri
         assert [frame for frame, _, _, _ in sub.pushed] == [d.frame.decode() for d in ds]
         assert {(prio, ch) for _, prio, ch, _ in sub.pushed} == {(2, CHANNEL)}
         assert [f["offset"] for f in sub.frames] == [1, 2, 3]
-    state = rig.hub.channels[CHANNEL]
-    assert (state.last_offset, state.epoch) == (3, ds[0].epoch)
+    assert rig.hub.channels[CHANNEL].sync.position == StreamPosition(3, ds[0].epoch)
     assert rig.counter("edge_deliveries_total") == 3
     assert rig.counter("edge_duplicate_deliveries_total") == 0
     assert rig.registry.get_sample_value("edge_gap_repairs_total", {"result": "ok"}) is None
@@ -308,7 +309,7 @@ async def test_ephemeral_deliveries_pass_straight_through(make_rig: MakeRig) -> 
     rig.deliver(ds[0], typing, ds[1])
     assert sub.offsets == [0, 0, 1, 0, 2]
     assert sub.pushed[0] == (typing.frame.decode(), 3, CHANNEL, 0)
-    assert rig.hub.channels[CHANNEL].last_offset == 2
+    assert rig.hub.channels[CHANNEL].sync.offset == 2
     assert rig.counter("edge_duplicate_deliveries_total") == 0
 
 
@@ -327,7 +328,7 @@ async def test_gap_is_repaired_from_history_in_order_exactly_once(make_rig: Make
     # Repaired events are the frames history sealed, byte for byte what a router would send.
     assert [frame for frame, _, _, _ in sub.pushed] == [rig.sealed(CHANNEL, epoch, o) for o in range(1, 6)]
     assert rig.repairs("ok") == 1
-    assert rig.hub.channels[CHANNEL].last_offset == 5
+    assert rig.hub.channels[CHANNEL].sync.offset == 5
 
 
 async def test_deliveries_during_a_repair_are_held_then_delivered_once(make_rig: MakeRig, tu: float) -> None:
@@ -336,7 +337,7 @@ async def test_deliveries_during_a_repair_are_held_then_delivered_once(make_rig:
     ds = await rig.append(7)
     rig.deliver(ds[0], ds[1], ds[4])
     await asyncio.sleep(0)  # the repair task starts its Read
-    state = rig.hub.channels[CHANNEL]
+    state = rig.hub.channels[CHANNEL].sync
     assert state.repairing
     # While the Read is in flight: what follows, late copies of what is being repaired, a dup.
     rig.deliver(ds[5], ds[3], ds[6], ds[1], ds[4], ephemeral())
@@ -439,7 +440,7 @@ async def test_resync_of_a_channel_that_saw_nothing_does_not_read(make_rig: Make
     sub = await subscribed(rig)
     await rig.append(3)
     rig.hub.resync([CHANNEL])
-    assert not rig.hub.channels[CHANNEL].repairing
+    assert not rig.hub.channels[CHANNEL].sync.repairing
     assert sub.pushed == []
 
 
@@ -471,8 +472,7 @@ async def test_epoch_change_resets_the_channel(make_rig: MakeRig, tu: float) -> 
     rig.deliver(new[0], new[1], new[0])
     assert sub.offsets == [1, 2, 3, 1, 2]
     assert rig.counter("edge_duplicate_deliveries_total") == 1
-    state = rig.hub.channels[CHANNEL]
-    assert (state.epoch, state.last_offset) == (new[0].epoch, 2)
+    assert rig.hub.channels[CHANNEL].sync.position == StreamPosition(2, new[0].epoch)
     rig.deliver(new[3])  # a gap in the new epoch is repaired from the new epoch
     await sub.wait_for(7, 2.0 * tu)
     await rig.settled(2.0 * tu)
@@ -523,7 +523,7 @@ async def test_resync_asked_during_a_repair_catches_up_after_it(make_rig: MakeRi
     ds = await rig.append(4)
     rig.deliver(ds[0], ds[3])  # gap: the repair reads 2..3 only
     await asyncio.sleep(0)
-    assert rig.hub.channels[CHANNEL].repairing
+    assert rig.hub.channels[CHANNEL].sync.repairing
     await rig.append(2)  # 5..6 appended while this edge re-attaches: no delivery will show them
     rig.hub.resync([CHANNEL])
     await sub.wait_for(6, 2.0 * tu)
@@ -537,7 +537,7 @@ async def test_close_during_a_repair_delivers_nothing_more(make_rig: MakeRig, tu
     ds = await rig.append(5)
     rig.deliver(ds[0], ds[4])
     await asyncio.sleep(0)
-    assert rig.hub.channels[CHANNEL].repairing
+    assert rig.hub.channels[CHANNEL].sync.repairing
     await rig.hub.aclose()
     await asyncio.sleep(0.2 * tu)  # a leaked task would deliver 2..5 now
     assert sub.offsets == [1]
