@@ -14,6 +14,7 @@ from typing import Any
 
 from services.bench.options import add_arguments as add_bench_arguments
 from services.common.auth import mint_token
+from services.common.process import tune_gc
 from services.common.settings import DEV_JWT_SECRET, Settings
 from services.common.telemetry import configure_logging
 
@@ -46,6 +47,7 @@ def cmd_tier(args: argparse.Namespace) -> int:
                          store_url=args.store)
     settings.require_secrets()
     configure_logging(json=settings.log_json, level=settings.log_level)
+    tune_gc()
     if args.command == "edge":
         _run_edge(settings)
     else:

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, start_http_server
+
+# Young-generation threshold (CPython's default is 700). A connection storm allocates many
+# long-lived objects per connection; with the defaults, the collector ran most of the time
+# (26 % of an edge's CPU while 3,000 clients connected, py-spy), mostly full collections that
+# rescan every object of the process.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Move what exists after start-up (modules, settings, the app) to the permanent generation,
+    which collections never scan, and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def stop_event_on_signals() -> asyncio.Event:
