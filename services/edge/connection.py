@@ -71,7 +71,7 @@ class Connection:
         self._closing: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_PUBLISHES)
-        self._outbox: deque[tuple[str, Event]] = deque()  # durable publishes, in send order
+        self._outbox: deque[tuple[str, Event]] | None = None  # durable publishes, in send order
         self._sender: asyncio.Task[None] | None = None
         # channel -> live frames held while the channel's missed events are replayed
         self._recovering: dict[str, list[tuple[bytes, int, int]]] = {}
@@ -308,6 +308,8 @@ class Connection:
         if ephemeral:  # typing indicators: no order, no retry
             self._spawn(self._await_publish(channel, [event], ephemeral))
             return
+        if self._outbox is None:
+            self._outbox = deque()  # made on the first publish: many connections only listen
         self._outbox.append((channel, event))
         if self._sender is None:
             self._sender = self._spawn(self._send_in_order())

@@ -23,14 +23,17 @@ F = TypeVar("F")  # a frame: prepared WebSocket frame bytes at the edge, anythin
 
 
 class SendQueue(Generic[F]):
+    # Lanes and the room event are made on first use: most connections never queue anything
+    # (frames go straight to the socket), and an empty deque or Event costs about 600 bytes.
+    __slots__ = ("_half", "_lanes", "_ready", "_room", "_size", "max_items", "shed")
+
     def __init__(self, max_items: int) -> None:
-        self._lanes: tuple[deque[tuple[F, float]], ...] = (deque(), deque(), deque())
+        self._lanes: list[deque[tuple[F, float]] | None] = [None, None, None]
         self.max_items = max_items
         self._half = max(1, max_items // 2)
         self._size = 0
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._ready: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None  # exists only while someone waits for room
         self.shed = 0  # lane-2 frames dropped to make room
 
     def __len__(self) -> int:
@@ -39,24 +42,31 @@ class SendQueue(Generic[F]):
     def push(self, frame: F, priority: int, durable: bool, accepted: float = 0.0) -> bool:
         lane = 1 if durable else (0 if priority <= 1 else 2)
         if self._size >= self.max_items:
-            if not self._lanes[2]:
+            shed = self._lanes[2]
+            if not shed:
                 if lane == 2:  # a full queue of what matters: this typing indicator goes
                     self.shed += 1
                     return True
                 return False
-            self._lanes[2].popleft()
+            shed.popleft()
             self._size -= 1
             self.shed += 1
-        self._lanes[lane].append((frame, accepted))
+        queue = self._lanes[lane]
+        if queue is None:
+            queue = self._lanes[lane] = deque()
+        queue.append((frame, accepted))
         self._size += 1
-        self._ready.set()
-        if self._size >= self._half:
+        if self._ready is not None:
+            self._ready.set()
+        if self._size >= self._half and self._room is not None:
             self._room.clear()
         return True
 
     async def wait_ready(self) -> None:
         """Wait until something is queued."""
         while self._size == 0:
+            if self._ready is None:
+                self._ready = asyncio.Event()
             self._ready.clear()
             await self._ready.wait()
 
@@ -68,7 +78,7 @@ class SendQueue(Generic[F]):
                 frame, accepted = lane.popleft()
                 out.append((frame, i, accepted))
         self._size -= len(out)
-        if self._size < self._half:
+        if self._size < self._half and self._room is not None:
             self._room.set()
         return out
 
@@ -79,4 +89,8 @@ class SendQueue(Generic[F]):
 
     async def wait_room(self) -> None:
         """Wait until the queue is less than half full (paced producers such as a replay)."""
-        await self._room.wait()
+        while self._size >= self._half:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
