@@ -20,8 +20,9 @@ import structlog
 
 from services.common import wire
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
-from services.common.store.base import PresenceChange, PresenceStore, StoreError
+from services.common.store.base import StoreError
 from services.common.tasks import cancel_and_wait
+from services.edge.store.base import PresenceChange, PresenceStore
 
 log = structlog.get_logger("switchboard.edge")
 Publish = Callable[[str, hpb.Event], Awaitable[object]]
