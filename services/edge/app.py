@@ -28,7 +28,7 @@ from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import LeaseKeeper, MemberWatcher
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore, StoreError
-from services.common.store.factory import Backend, build_membership_store, build_presence_store, open_backend
+from services.common.store.factory import Backend, build_membership_store, open_backend
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics, new_registry
 from services.edge.connection import PUBLISH_UNIT_MAX, Connection, presence_payload
@@ -41,6 +41,7 @@ from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.presence import PresenceTracker
 from services.edge.routing_client import RouterPool
+from services.edge.store.factory import build_presence_store
 from services.edge.wsproto import SwitchboardWebSocketProtocol
 
 log = structlog.get_logger("switchboard.edge")

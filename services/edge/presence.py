@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from services.common import wire
-from services.common.store.base import PresenceChange, PresenceStore, StoreError
+from services.common.store.base import StoreError
 from services.common.tasks import cancel_and_wait
 from services.edge.domain import Event
+from services.edge.store.base import PresenceChange, PresenceStore
 
 log = structlog.get_logger("switchboard.edge")
 Publish = Callable[[str, Event], Awaitable[object]]

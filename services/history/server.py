@@ -9,25 +9,17 @@ from dataclasses import dataclass
 
 import structlog
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 
 from services.common.grpc_gen.history.v1 import history_pb2_grpc as pb_grpc
-from services.common.membership import LeaseKeeper
-from services.common.process import metrics_listener
-from services.common.rpc import new_server
+from services.common.grpc_tier import GrpcTier, TierSpec, serving_tier
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore, StoreError
-from services.common.store.factory import (
-    build_membership_store,
-    build_stream_store,
-    open_backend,
-    stream_limits,
-)
+from services.common.store.factory import build_membership_store, open_backend
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics, new_registry
 from services.history.metrics import HistoryMetrics
 from services.history.servicer import HistoryServicer
+from services.history.store.factory import build_stream_store, stream_limits
 
 log = structlog.get_logger("switchboard.history")
 SERVICE_NAME = "switchboard.history.v1.History"
@@ -37,7 +29,6 @@ SERVICE_NAME = "switchboard.history.v1.History"
 class RunningHistory:
     server: aio.Server
     port: int
-    health: HealthServicer
 
 
 @contextlib.asynccontextmanager
@@ -48,49 +39,34 @@ async def running(settings: Settings) -> AsyncIterator[RunningHistory]:
     backend = open_backend(settings)
     try:
         store = build_stream_store(backend, stream_limits(settings))
-        server = new_server(settings.service_token, GrpcMetrics(registry))
-        pb_grpc.add_HistoryServicer_to_server(
-            HistoryServicer(store, metrics, read_limit=settings.history_read_limit),
-            server,
-        )
-        health_servicer = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-        await server.start()
-        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        address = f"{settings.advertise_host or settings.host}:{port}"
         members = build_membership_store(backend)
-        lease = LeaseKeeper(members, "history", settings.node_id, address,
-                            ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
-        await lease.start()
-        # Health follows the store: the lease keeper's refresh is our store probe.
-        watch = asyncio.create_task(_follow_store(lease, health_servicer, settings.lease_refresh_s))
-        probe = asyncio.create_task(_time_store_health(members, metrics, settings.lease_refresh_s))
-        log.info("history_started", node_id=settings.node_id, address=address)
-        try:
-            with metrics_listener(settings.host, settings.metrics_port, registry):
-                yield RunningHistory(server, port, health_servicer)
-        finally:
-            await cancel_and_wait(probe)
-            await cancel_and_wait(watch)
-            await health_servicer.enter_graceful_shutdown()
-            await lease.aclose()
-            await server.stop(grace=settings.drain_grace_s)
-            log.info("history_stopped", node_id=settings.node_id)
+
+        def add_servicers(server: aio.Server) -> None:
+            servicer = HistoryServicer(store, metrics, read_limit=settings.history_read_limit)
+            pb_grpc.add_HistoryServicer_to_server(servicer, server)
+
+        spec = TierSpec("history", SERVICE_NAME, add_servicers, stop_grace_s=settings.drain_grace_s)
+        async with serving_tier(settings, spec, members=members, registry=registry,
+                                grpc_metrics=GrpcMetrics(registry)) as tier:
+            # Health follows the store: the lease keeper's refresh is our store probe.
+            watch = asyncio.create_task(_follow_store(tier, settings.lease_refresh_s))
+            probe = asyncio.create_task(_time_store_health(members, metrics, settings.lease_refresh_s))
+            try:
+                yield RunningHistory(tier.server, tier.port)
+            finally:
+                await cancel_and_wait(probe)
+                await cancel_and_wait(watch)
     finally:
         await backend.aclose()
 
 
-async def _follow_store(lease: LeaseKeeper, health_servicer: HealthServicer, every_s: float) -> None:
+async def _follow_store(tier: GrpcTier, every_s: float) -> None:
     serving = True
     while True:
         await asyncio.sleep(every_s / 2)
-        if lease.healthy != serving:
-            serving = lease.healthy
-            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-            await health_servicer.set(SERVICE_NAME, status)
-            await health_servicer.set("", status)
+        if tier.lease.healthy != serving:
+            serving = tier.lease.healthy
+            await tier.set_serving(serving)
             log.warning("history_health", serving=serving)
 
 

@@ -9,25 +9,19 @@ from dataclasses import dataclass
 
 import structlog
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
+from services.common.grpc_tier import TierSpec, serving_tier
 from services.common.history_client import HistoryClient
-from services.common.membership import LeaseKeeper, MemberWatcher
-from services.common.process import metrics_listener
-from services.common.rpc import new_server
+from services.common.membership import MemberWatcher
 from services.common.settings import Settings
-from services.common.store.factory import (
-    build_membership_store,
-    build_ownership_store,
-    open_backend,
-)
+from services.common.store.factory import build_membership_store, open_backend
 from services.common.telemetry import GrpcMetrics, new_registry
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
 from services.router.publisher import Publisher
 from services.router.servicer import RouterServicer
+from services.router.store.factory import build_ownership_store
 
 log = structlog.get_logger("switchboard.router")
 SERVICE_NAME = "switchboard.routing.v1.Router"
@@ -45,62 +39,54 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
     registry = new_registry()
     metrics = RouterMetrics(registry)
     grpc_metrics = GrpcMetrics(registry)
-    backend = open_backend(settings)
-    members = build_membership_store(backend)
-    ownership = Ownership(settings.node_id, build_ownership_store(backend, settings.history_ttl_s),
-                          refresh_s=max(settings.membership_poll_s * 2, 1.0))
+    async with contextlib.AsyncExitStack() as closing:  # the store goes last
+        backend = open_backend(settings)
+        closing.push_async_callback(backend.aclose)
+        members = build_membership_store(backend)
+        ownership = Ownership(settings.node_id, build_ownership_store(backend, settings.history_ttl_s),
+                              refresh_s=max(settings.membership_poll_s * 2, 1.0))
 
-    def ring_changed(members: dict[str, str]) -> None:
-        ownership.set_routers(set(members))
-        metrics.ring_changes.inc()
+        def ring_changed(members: dict[str, str]) -> None:
+            ownership.set_routers(set(members))
+            metrics.ring_changes.inc()
 
-    routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
-                            on_change=ring_changed)
-    metrics.watch(lambda: sum(1 for c in list(ownership.subs) if ownership.owns(c)),
-                  lambda: len(ownership.routers))
-    histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
-    history = HistoryClient(histories, service_token=settings.service_token,
-                            timeout_s=settings.rpc_timeout_s, grpc_metrics=grpc_metrics)
-    publisher = Publisher(ownership, history, routers, metrics,
-                          service_token=settings.service_token, timeout_s=settings.forward_timeout_s,
-                          batch_max=settings.publish_batch_max,
-                          pipeline_max=settings.router_link_queue_max, grpc_metrics=grpc_metrics)
-    server = new_server(settings.service_token, grpc_metrics)
-    pb_grpc.add_RouterServicer_to_server(
-        RouterServicer(ownership, publisher, metrics, link_queue_max=settings.router_link_queue_max),
-        server)
-    health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    address = f"{settings.advertise_host or settings.host}:{port}"
-    lease = LeaseKeeper(members, "router", settings.node_id, address,
-                        ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
-    try:
+        routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
+                                on_change=ring_changed)
+        metrics.watch(lambda: sum(1 for c in list(ownership.subs) if ownership.owns(c)),
+                      lambda: len(ownership.routers))
+        histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
+        history = HistoryClient(histories, service_token=settings.service_token,
+                                timeout_s=settings.rpc_timeout_s, grpc_metrics=grpc_metrics)
+        closing.push_async_callback(history.aclose)
+        closing.push_async_callback(histories.aclose)
+        closing.push_async_callback(routers.aclose)
+        publisher = Publisher(ownership, history, routers, metrics,
+                              service_token=settings.service_token, timeout_s=settings.forward_timeout_s,
+                              batch_max=settings.publish_batch_max,
+                              pipeline_max=settings.router_link_queue_max, grpc_metrics=grpc_metrics)
+
+        def add_servicers(server: aio.Server) -> None:
+            servicer = RouterServicer(ownership, publisher, metrics,
+                                      link_queue_max=settings.router_link_queue_max)
+            pb_grpc.add_RouterServicer_to_server(servicer, server)
+
+        async def hand_over() -> None:
+            # Forward publishes to the new owners while edges see the new router set and
+            # re-attach (one membership poll), finish the publishes already queued, then the
+            # server closes the streams.
+            if ownership.links:
+                await asyncio.sleep(min(settings.membership_poll_s * 3, settings.drain_grace_s))
+            await publisher.aclose(grace_s=settings.drain_grace_s)
+
         await histories.start()
-        await server.start()
-        await lease.start()
-        await routers.start()
-        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("router_started", node_id=settings.node_id, address=address)
-        with metrics_listener(settings.host, settings.metrics_port, registry):
-            yield RunningRouter(server, port, ownership)
-    finally:
-        # Drain: stop being chosen (health, lease) and hand channels over: we forward publishes to
-        # the new owners while edges see the new router set and re-attach (one membership poll),
-        # finish the publishes already queued, then close the streams; the store goes last.
-        await health_servicer.enter_graceful_shutdown()
-        ownership.drain()
-        await lease.aclose()
-        if ownership.links:
-            await asyncio.sleep(min(settings.membership_poll_s * 3, settings.drain_grace_s))
-        await publisher.aclose(grace_s=settings.drain_grace_s)
-        await server.stop(grace=1.0)
-        await routers.aclose()
-        await histories.aclose()
-        await history.aclose()
-        await backend.aclose()
-        log.info("router_stopped", node_id=settings.node_id)
+        spec = TierSpec("router", SERVICE_NAME, add_servicers,
+                        started=routers.start,  # know the ring before we report SERVING
+                        stopping=ownership.drain,  # publishes reaching us now go to the others
+                        drain=hand_over, stop_grace_s=1.0)
+        async with serving_tier(settings, spec, members=members, registry=registry,
+                                grpc_metrics=grpc_metrics) as tier:
+            yield RunningRouter(tier.server, tier.port, ownership)
+    log.info("router_stopped", node_id=settings.node_id)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

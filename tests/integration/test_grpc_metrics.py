@@ -16,8 +16,7 @@ import grpc
 import pytest
 from grpc import aio
 from grpc.aio import EOF  # type: ignore[attr-defined]
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
@@ -86,8 +85,7 @@ async def rig() -> AsyncIterator[Rig]:
     server_registry, client_registry = new_registry(), new_registry()
     server = new_server(TOKEN, GrpcMetrics(server_registry))
     pb_grpc.add_RouterServicer_to_server(EchoRouter(), server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = insecure_channel(f"127.0.0.1:{port}", GrpcMetrics(client_registry))

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.common.settings import Settings
-from services.common.store.base import PresenceChange
-from services.common.store.factory import Backend, build_presence_store, open_backend
+from services.common.store.factory import Backend, open_backend
+from services.edge.store.base import PresenceChange
+from services.edge.store.factory import build_presence_store
 
 CH = "session:room"
 

@@ -1,6 +1,6 @@
 """The store contract suite: the same tests against the in-memory and the DragonflyDB adapters.
 
-Stores are built only through the factory (`open_backend`, `build_*_store`), as every tier does.
+Stores are built only through the factories (`open_backend`, each tier's `build_*_store`), as every tier does.
 The DragonflyDB adapter runs against a real redis-server (Redis 7 is DragonflyDB's stand-in);
 each test gets its own key prefix instead of flushing the database.
 """
@@ -16,14 +16,10 @@ import pytest
 
 from services.common.settings import Settings
 from services.common.store.base import StoreBusyError, StoreUnavailableError
-from services.common.store.factory import (
-    Backend,
-    build_membership_store,
-    build_ownership_store,
-    build_stream_store,
-    open_backend,
-)
+from services.common.store.factory import Backend, build_membership_store, open_backend
 from services.history.store.base import AppendResult, NewEvent, ReadResult, StreamLimits, StreamStore
+from services.history.store.factory import build_stream_store
+from services.router.store.factory import build_ownership_store
 from tests.support import free_port
 from tests.support.redis_server import RedisServer
 

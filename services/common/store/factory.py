@@ -1,6 +1,9 @@
-"""The only code that knows every adapter: opens a backend from a URL and builds each store.
+"""Opens a backend from a store URL and builds the membership store on it.
 
-Return types are the Protocols, so mypy proves that both adapters conform.
+Each tier builds its own stores on the same backend with its own factory
+(`services.history.store.factory`, `services.router.store.factory`,
+`services.edge.store.factory`); nothing here knows a tier. Return types are the Protocols,
+so mypy proves that both adapters conform.
 """
 
 from __future__ import annotations
@@ -9,15 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.settings import Settings
-from services.common.store.base import Keys, MembershipStore, PresenceStore
+from services.common.store.base import Keys, MembershipStore
 from services.common.store.memory import (
     InMemoryMembershipStore,
-    InMemoryPresenceStore,
     MemoryBackend,
     memory_backend,
 )
-from services.history.store.base import StreamLimits, StreamStore
-from services.router.store.base import OwnershipStore
 
 
 @dataclass
@@ -56,40 +56,3 @@ def build_membership_store(backend: Backend) -> MembershipStore:
     from services.common.store.dragonfly import DragonflyMembershipStore
 
     return DragonflyMembershipStore(backend.redis, backend.keys)
-
-
-def build_presence_store(backend: Backend) -> PresenceStore:
-    if backend.memory is not None:
-        return InMemoryPresenceStore(backend.memory)
-    from services.common.store.dragonfly import DragonflyPresenceStore
-
-    return DragonflyPresenceStore(backend.redis, backend.keys)
-
-
-def build_ownership_store(backend: Backend, ttl_s: float) -> OwnershipStore:
-    if backend.memory is not None:
-        from services.router.store.memory import InMemoryOwnershipStore
-
-        return InMemoryOwnershipStore(backend.memory)
-    from services.router.store.dragonfly import DragonflyOwnershipStore
-
-    return DragonflyOwnershipStore(backend.redis, backend.keys, ttl_s)
-
-
-def build_stream_store(backend: Backend, limits: StreamLimits) -> StreamStore:
-    if backend.memory is not None:
-        from services.history.store.memory import InMemoryStreamStore
-
-        return InMemoryStreamStore(backend.memory, limits)
-    from services.history.store.dragonfly import DragonflyStreamStore
-
-    return DragonflyStreamStore(backend.redis, backend.keys, limits)
-
-
-def stream_limits(settings: Settings) -> StreamLimits:
-    return StreamLimits(
-        max_len=settings.history_max_len,
-        ttl_s=settings.history_ttl_s,
-        meta_ttl_s=settings.history_meta_ttl_s,
-        idempotency_window_s=settings.idempotency_window_s,
-    )
