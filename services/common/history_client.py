@@ -273,6 +273,9 @@ class _AppendStream:
                     fut.set_result(response)
         except aio.AioRpcError as e:
             code = e.code().name
+        except Exception:  # not a status: end the stream all the same, its batches go elsewhere
+            log.exception("history_append_stream_read_failed")
+            code = "UNKNOWN"
         finally:
             self._break(code)
 

@@ -96,8 +96,11 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             finally:
                 slots.release()
             response.id = request.id
-            async with write_lock:
-                await context.write(response)
+            try:
+                async with write_lock:
+                    await context.write(response)
+            except Exception as e:  # the router is gone: it retries the batch (same ids)
+                log.debug("append_stream_answer_lost", error=repr(e))
 
         try:
             while True:
