@@ -106,16 +106,11 @@ class HistoryClient:
         last = "no node"
         for address, (_, stub) in self._channels_in_turn():
             if address in self._unary_only:
-                start = time.perf_counter()
                 try:
-                    response: hpb.AppendBatchResponse = await stub.AppendBatch(  # type: ignore[misc]
-                        request, timeout=self._timeout_s, metadata=self._metadata)
+                    response: hpb.AppendBatchResponse = await self._unary(stub, "AppendBatch", request)
                 except aio.AioRpcError as e:
-                    self._done("AppendBatch", e.code().name, start)
-                    _raise_unless_retryable(e)
                     last = e.code().name
                     continue
-                self._done("AppendBatch", "OK", start)
                 return [_outcome(o) for o in response.results]
             stream = self._streams.get(address)
             if stream is None or stream.broken:
@@ -145,21 +140,29 @@ class HistoryClient:
     async def _call(self, method: str, request: object) -> Any:
         last: aio.AioRpcError | None = None
         for _, (_, stub) in self._channels_in_turn():
-            start = time.perf_counter()
             try:
-                response = await getattr(stub, method)(
-                    request, timeout=self._timeout_s, metadata=self._metadata)
-                self._done(method, "OK", start)
-                return response
-            except asyncio.CancelledError:
-                self._done(method, "CANCELLED", start)
-                raise
+                return await self._unary(stub, method, request)
             except aio.AioRpcError as e:
-                self._done(method, e.code().name, start)
-                _raise_unless_retryable(e)
                 last = e
         raise HistoryUnavailableError(
             f"history {method} failed: {last.code().name if last else 'no node'}") from last
+
+    async def _unary(self, stub: hpb_grpc.HistoryStub, method: str, request: object) -> Any:
+        """One timed call to one node. A status worth trying on another node is raised as the
+        AioRpcError; any other becomes its HistoryCallError."""
+        start = time.perf_counter()
+        try:
+            response = await getattr(stub, method)(
+                request, timeout=self._timeout_s, metadata=self._metadata)
+        except asyncio.CancelledError:
+            self._done(method, "CANCELLED", start)
+            raise
+        except aio.AioRpcError as e:
+            self._done(method, e.code().name, start)
+            _raise_unless_retryable(e)
+            raise
+        self._done(method, "OK", start)
+        return response
 
     async def healthy(self, timeout_s: float = 1.0) -> bool:
         """True when some live history node answers its gRPC health check with SERVING."""

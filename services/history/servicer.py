@@ -26,8 +26,22 @@ from services.history.store.base import AppendResult, NewEvent, StreamStore
 MAX_EVENTS_PER_APPEND = 1_000
 MAX_ID_LEN = 128
 STREAM_INFLIGHT_MAX = 8  # batches of one AppendStream being stored at once
+# A store failure by its code: the metric label and, on unary calls, the gRPC status (busy is
+# RESOURCE_EXHAUSTED: the store is up, this node's pool was full).
 _STORE_ERROR_LABEL = {ErrorCode.BUSY: "store_busy", ErrorCode.UNAVAILABLE: "store_unavailable",
                       ErrorCode.INTERNAL: "store_error"}
+_STORE_ERROR_STATUS = {ErrorCode.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+                       ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL}
+
+
+def _code_of(e: StoreError) -> ErrorCode:
+    """busy and unavailable are retryable; any other store failure is internal."""
+    if isinstance(e, StoreBusyError):
+        return ErrorCode.BUSY
+    if isinstance(e, StoreUnavailableError):
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.INTERNAL
 log = structlog.get_logger("switchboard.history")
 
 
@@ -49,15 +63,10 @@ class HistoryServicer(pb_grpc.HistoryServicer):
         RESOURCE_EXHAUSTED: the store is up, this node's pool was full), anything else is not."""
         try:
             yield
-        except StoreBusyError as e:
-            self._m.errors.labels("store_busy").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except StoreUnavailableError as e:
-            self._m.errors.labels("store_unavailable").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except StoreError as e:
-            self._m.errors.labels("store_error").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, str(e))
+            code = _code_of(e)
+            self._m.errors.labels(_STORE_ERROR_LABEL[code]).inc()
+            await context.abort(_STORE_ERROR_STATUS[code], str(e))
 
     async def Append(self, request: pb.AppendRequest, context: aio.ServicerContext) -> pb.AppendResponse:  # type: ignore[type-arg]
         invalid = _invalid(request)
@@ -121,10 +130,7 @@ class HistoryServicer(pb_grpc.HistoryServicer):
         try:
             return await self._append_batch(request)
         except StoreError as e:
-            code = (ErrorCode.BUSY if isinstance(e, StoreBusyError)
-                    else ErrorCode.UNAVAILABLE if isinstance(e, StoreUnavailableError)
-                    else ErrorCode.INTERNAL)
-            message = str(e)
+            code, message = _code_of(e), str(e)
         except Exception as e:  # never leave a batch unanswered: the router would wait its deadline
             log.exception("append_stream_failed")
             code, message = ErrorCode.INTERNAL, f"append failed: {e!r}"
@@ -158,8 +164,7 @@ class HistoryServicer(pb_grpc.HistoryServicer):
             if isinstance(result, StoreError):
                 self._m.errors.labels("store_error").inc()
                 self._m.appends.labels("error").inc(len(events))
-                outcomes[i].error_code = (ErrorCode.UNAVAILABLE if isinstance(result, StoreUnavailableError)
-                                          else ErrorCode.INTERNAL)
+                outcomes[i].error_code = _code_of(result)
                 outcomes[i].error_message = str(result)
             else:
                 outcomes[i].response.CopyFrom(self._response(result))

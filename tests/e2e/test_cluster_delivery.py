@@ -38,6 +38,16 @@ async def test_two_edges_get_every_message_once_in_order(cluster, clients, sid, 
     assert extra == []
 
 
+async def _one_per_edge(cluster, clients, sid) -> list:
+    """A connected member of the session on each edge (users u0 and u1)."""
+    subs = []
+    for edge in (0, 1):
+        c = clients(chat_url(cluster, edge, sid), token_for(cluster, f"u{edge}", [sid]), session_id=sid)
+        await c.connect()
+        subs.append(c)
+    return subs
+
+
 def _drain(client) -> list[dict]:
     out = []
     while client.pending():
@@ -46,11 +56,7 @@ def _drain(client) -> list[dict]:
 
 
 async def test_http_publish_reaches_every_edge_and_history_agrees(cluster, clients, publisher, sid, tu) -> None:
-    subs = []
-    for edge in (0, 1):
-        c = clients(chat_url(cluster, edge, sid), token_for(cluster, f"u{edge}", [sid]), session_id=sid)
-        await c.connect()
-        subs.append(c)
+    subs = await _one_per_edge(cluster, clients, sid)
     ack = await publisher.publish(f"session:{sid}", "chat_message_chunk",
                                   {"content": "Hel", "message_id": "m1", "chunk_index": 0})
     assert ack["offset"] >= 1 and ack["epoch"]
@@ -139,11 +145,7 @@ async def test_a_batch_publish_is_stored_in_order_all_or_none(cluster, clients, 
 
 
 async def test_a_stream_publisher_batches_and_keeps_the_order(cluster, clients, publisher, sid, tu) -> None:
-    subs = []
-    for edge in (0, 1):
-        c = clients(chat_url(cluster, edge, sid), token_for(cluster, f"u{edge}", [sid]), session_id=sid)
-        await c.connect()
-        subs.append(c)
+    subs = await _one_per_edge(cluster, clients, sid)
     n = 300
     async with publisher.stream(f"session:{sid}") as stream:
         for i in range(n):  # queued without waiting: requests carry up to 32 chunks each
