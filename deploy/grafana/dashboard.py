@@ -130,6 +130,10 @@ def router_panels() -> list[timeseries.Panel]:
     return [
         panel("router: publishes per second", "ops",
               [(rate("router_publishes_total", t, by="result"), "{{result}}")]),
+        panel("router: events appended to history streams per second", "ops",
+              [(rate("history_appends_total", t, by="result"), "{{result}}")],
+              "With append_via=store (the default) the owning router appends itself; "
+              "with append_via=history the History row shows the appends."),
         panel("router: deliveries and forwards per second", "ops",
               [(rate("router_deliveries_total", t), "deliveries"),
                (rate("router_forwards_total", t, by="result"), "forward {{result}}")]),

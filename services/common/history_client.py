@@ -111,7 +111,7 @@ class HistoryClient:
                 except aio.AioRpcError as e:
                     last = e.code().name
                     continue
-                return [_outcome(o) for o in response.results]
+                return [outcome_of(o) for o in response.results]
             stream = self._streams.get(address)
             if stream is None or stream.broken:
                 stream = self._streams[address] = _AppendStream(stub, self._metadata, self._stream_ended)
@@ -124,7 +124,7 @@ class HistoryClient:
             except _StreamFailed as e:
                 last = e.code
                 continue
-            return [_outcome(o) for o in streamed.results]
+            return [outcome_of(o) for o in streamed.results]
         raise HistoryUnavailableError(f"history AppendStream failed: {last}")
 
     def _stream_ended(self, code: str, started: float) -> None:
@@ -189,7 +189,8 @@ class HistoryClient:
             await ch.close(None)
 
 
-def _outcome(o: hpb.AppendOutcome) -> hpb.AppendResponse | HistoryCallError:
+def outcome_of(o: hpb.AppendOutcome) -> hpb.AppendResponse | HistoryCallError:
+    """One append of an AppendBatch answer: the response, or the error its code names."""
     if not o.error_code:
         return o.response
     error_type = _ERRORS_BY_CODE.get(o.error_code, HistoryCallError)

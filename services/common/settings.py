@@ -6,6 +6,7 @@ Durations carry their unit in the name. No tier reads the environment anywhere e
 from __future__ import annotations
 
 import secrets
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     demo_agent_max_runs: int = Field(default=4, ge=1)
 
     # router
+    # Where the owning router appends a channel's events: "store" with history's write path in
+    # its own process (no history hop; history serves reads), "history" through a history node.
+    append_via: Literal["store", "history"] = "store"
     router_link_queue_max: int = 50_000
     publish_batch_max: int = 256
 

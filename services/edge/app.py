@@ -367,12 +367,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readiness(ctx: EdgeContext) -> dict[str, bool]:
-    """Ready only when a router stream is up, a history node answers its health check (which
-    follows the store) and the store answers our membership polls; never while draining."""
+    """Ready only when a router stream is up and the store answers our membership polls; never
+    while draining. With `append_via = "history"` a history node must also answer its health
+    check, since publishes need one; otherwise history is reported, not required: live traffic
+    flows without it, and only recovery and history reads wait for it (they fail retryably)."""
     routers = ctx.pool.ready()
     store = ctx.members.healthy
     history = await ctx.history.healthy(timeout_s=1.0) if routers else False
-    ready = routers and history and store and not ctx.draining
+    needed = history or ctx.settings.append_via == "store"
+    ready = routers and needed and store and not ctx.draining
     return {"ready": ready, "router": routers, "history": history, "store": store,
             "draining": ctx.draining}
 

@@ -1,4 +1,4 @@
-"""Appends to history, coalesced across channels: group commit over AppendBatch calls.
+"""Appends to history, coalesced across channels: group commit of batches.
 
 Each channel's pipeline still has at most one append in flight (that is what orders it). What the
 pipelines of all channels ask for leaves together in one AppendBatch call, which history runs as
@@ -7,6 +7,10 @@ slot leaves on the next event-loop iteration (no wait of its own); the ones that
 every slot is busy queue up and leave together as soon as a call returns. Under light load a
 call carries one append, under heavy load many, so the cost per message falls as load rises.
 A batch over `max_events` is split.
+
+Where a batch goes is the `BatchAppendClient`: `DirectAppends` stores it from this process with
+history's own write path (`append_via = "store"`, the default), `HistoryClient` sends it to a
+history node (`append_via = "history"`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
-from services.common.history_client import HistoryCallError
+from services.common.history_client import HistoryCallError, HistoryUnavailableError, outcome_of
 from services.common.tasks import cancel_and_wait
+from services.history.writer import StreamWriter
 
 _Item = tuple[str, Sequence[hpb.Event], "asyncio.Future[hpb.AppendResponse]"]
 
@@ -28,6 +33,28 @@ class BatchAppendClient(Protocol):
     async def append_batch(
         self, appends: Sequence[tuple[str, Sequence[hpb.Event]]],
     ) -> list[hpb.AppendResponse | HistoryCallError]: ...
+
+
+class DirectAppends:
+    """The owning router stores its batches itself, with history's write path and Lua script:
+    no history hop on a durable publish. Failures come back per append, as from history."""
+
+    def __init__(self, writer: StreamWriter, *, timeout_s: float) -> None:
+        self._writer = writer
+        self._timeout_s = timeout_s
+
+    async def append_batch(
+        self, appends: Sequence[tuple[str, Sequence[hpb.Event]]],
+    ) -> list[hpb.AppendResponse | HistoryCallError]:
+        request = hpb.AppendBatchRequest(
+            appends=[hpb.AppendRequest(channel=c, events=events) for c, events in appends])
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._writer.append_batch_answering_errors(request)
+        except TimeoutError:  # the store stalls: retryable, and the retry is idempotent by id
+            return [HistoryUnavailableError(f"store append timed out after {self._timeout_s}s")
+                    for _ in appends]
+        return [outcome_of(o) for o in response.results]
 
 
 class Appender:

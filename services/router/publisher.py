@@ -1,8 +1,10 @@
 """The publish path: forward to the owner, or append to history in per-channel order and fan out.
 
 Per channel, publishes queue in a bounded pipeline drained by one task, which appends a batch
-to history (the single ordering point: it assigns offsets) and then sends each event once to
-every edge that needs it. A durable publish is acknowledged only after history holds it.
+to the channel's history stream (the store's script is the single ordering point: it assigns
+offsets; the router stores it itself or through a history node, see appender.py) and then sends
+each event once to every edge that needs it. A durable publish is acknowledged only after the
+history stream holds it.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from services.common import wire
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
-from services.common.history_client import HistoryCallError, HistoryClient
+from services.common.history_client import HistoryCallError
 from services.common.membership import MemberWatcher
 from services.common.rpc import credential_metadata, insecure_channel
 from services.common.telemetry import GrpcMetrics
-from services.router.appender import Appender
+from services.router.appender import Appender, BatchAppendClient
 from services.router.errors import InvalidPublishError, OverloadedError, RouterError
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
@@ -54,7 +56,7 @@ def error_ack(request: pb.PublishRequest, err: RouterError) -> pb.PublishAck:
 
 
 class Publisher:
-    def __init__(self, ownership: Ownership, history: HistoryClient, routers: MemberWatcher,
+    def __init__(self, ownership: Ownership, history: BatchAppendClient, routers: MemberWatcher,
                  metrics: RouterMetrics, *, service_token: str, timeout_s: float,
                  batch_max: int, pipeline_max: int, grpc_metrics: GrpcMetrics | None = None) -> None:
         self._own = ownership
@@ -215,7 +217,7 @@ class Publisher:
         except aio.AioRpcError as e:
             self._m.forwards.labels("failed").inc()
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                # The owner is gone or stalled: take the publish ourselves (history orders it).
+                # The owner is gone or stalled: take the publish ourselves (the store orders it).
                 forwarded.hops = MAX_HOPS
                 self._submit(forwarded, done)
                 return

@@ -9,14 +9,20 @@ from dataclasses import dataclass
 
 import structlog
 from grpc import aio
+from prometheus_client import CollectorRegistry
 
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.grpc_tier import TierSpec, serving_tier
 from services.common.history_client import HistoryClient
 from services.common.membership import MemberWatcher
 from services.common.settings import Settings
-from services.common.store.factory import build_membership_store, open_backend
+from services.common.store.base import MembershipStore
+from services.common.store.factory import Backend, build_membership_store, open_backend
 from services.common.telemetry import GrpcMetrics, new_registry
+from services.history.metrics import HistoryMetrics
+from services.history.store.factory import build_stream_store, stream_limits
+from services.history.writer import StreamWriter
+from services.router.appender import BatchAppendClient, DirectAppends
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
 from services.router.publisher import Publisher
@@ -54,13 +60,9 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
                                 on_change=ring_changed)
         metrics.watch(lambda: sum(1 for c in list(ownership.subs) if ownership.owns(c)),
                       lambda: len(ownership.routers))
-        histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
-        history = HistoryClient(histories, service_token=settings.service_token,
-                                timeout_s=settings.rpc_timeout_s, grpc_metrics=grpc_metrics)
-        closing.push_async_callback(history.aclose)
-        closing.push_async_callback(histories.aclose)
         closing.push_async_callback(routers.aclose)
-        publisher = Publisher(ownership, history, routers, metrics,
+        appends = await _appends(settings, backend, members, registry, grpc_metrics, closing)
+        publisher = Publisher(ownership, appends, routers, metrics,
                               service_token=settings.service_token, timeout_s=settings.forward_timeout_s,
                               batch_max=settings.publish_batch_max,
                               pipeline_max=settings.router_link_queue_max, grpc_metrics=grpc_metrics)
@@ -78,7 +80,6 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
                 await asyncio.sleep(min(settings.membership_poll_s * 3, settings.drain_grace_s))
             await publisher.aclose(grace_s=settings.drain_grace_s)
 
-        await histories.start()
         spec = TierSpec("router", SERVICE_NAME, add_servicers,
                         started=routers.start,  # know the ring before we report SERVING
                         stopping=ownership.drain,  # publishes reaching us now go to the others
@@ -87,6 +88,22 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
                                 grpc_metrics=grpc_metrics) as tier:
             yield RunningRouter(tier.server, tier.port, ownership)
     log.info("router_stopped", node_id=settings.node_id)
+
+
+async def _appends(settings: Settings, backend: Backend, members: MembershipStore, registry: CollectorRegistry,
+                   grpc_metrics: GrpcMetrics, closing: contextlib.AsyncExitStack) -> BatchAppendClient:
+    """Where the owner's appends go (`append_via`): the store, with history's write path in this
+    process (no history hop), or a history node."""
+    if settings.append_via == "store":
+        store = build_stream_store(backend, stream_limits(settings))
+        return DirectAppends(StreamWriter(store, HistoryMetrics(registry)), timeout_s=settings.rpc_timeout_s)
+    histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
+    history = HistoryClient(histories, service_token=settings.service_token,
+                            timeout_s=settings.rpc_timeout_s, grpc_metrics=grpc_metrics)
+    closing.push_async_callback(history.aclose)
+    closing.push_async_callback(histories.aclose)
+    await histories.start()
+    return history
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

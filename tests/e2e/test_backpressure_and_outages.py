@@ -78,6 +78,15 @@ async def _ready(port: int) -> tuple[int, dict]:
         return r.status_code, r.json()
 
 
+async def _wait_history(port: int, up: bool, timeout_s: float) -> dict:
+    """The readiness body once it reports history as `up`."""
+    deadline = time.monotonic() + timeout_s
+    while (body := (await _ready(port))[1])["history"] is not up:
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.2)
+    return body
+
+
 async def _wait_ready(port: int, want: int, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -89,7 +98,9 @@ async def _wait_ready(port: int, want: int, timeout_s: float) -> dict:
 
 
 async def test_history_outage_fails_publishes_clearly_then_heals(make_cluster, clients, sid, tu) -> None:
-    cluster = make_cluster(edges=2, routers=2, env={"SWITCHBOARD_PUBLISH_TIMEOUT_S": "1.5"})
+    # append_via=history: publishes need a history node, so its outage fails them (retryably).
+    cluster = make_cluster(edges=2, routers=2, env={"SWITCHBOARD_PUBLISH_TIMEOUT_S": "1.5",
+                                                    "SWITCHBOARD_APPEND_VIA": "history"})
     port = cluster.by_role("edge")[0].port
     user = clients(chat_url(cluster, 0, sid), token_for(cluster, "u", [sid]), session_id=sid)
     await user.connect()
@@ -114,6 +125,65 @@ async def test_history_outage_fails_publishes_clearly_then_heals(make_cluster, c
     await user.chat("after the outage")
     (ev,) = await collect(user, 1, {"chat_message"}, 10 * tu)
     assert ev["payload"]["content"] == "after the outage"
+
+
+async def test_history_outage_keeps_live_traffic_durable_and_fails_recovery_clearly(
+        make_cluster, clients, sid, tu) -> None:
+    # append_via=store (the default): routers append to the store themselves, so with every
+    # history node gone publishes are still stored and delivered; only reads wait for history.
+    cluster = make_cluster(edges=2, routers=2)
+    port = cluster.by_role("edge")[0].port
+    channel = f"session:{sid}"
+    sender = clients(chat_url(cluster, 0, sid), token_for(cluster, "s", [sid]), session_id=sid)
+    reader = clients(chat_url(cluster, 1, sid), token_for(cluster, "r", [sid]), session_id=sid)
+    await sender.connect()
+    await reader.connect()
+    await sender.chat("before the outage")
+    (before,) = await collect(reader, 1, {"chat_message"}, 10 * tu)
+    history = cluster.by_role("history")[0]
+    history.kill()
+
+    # history is reported, not required: the edge stays ready
+    body = await _wait_history(port, False, 15 * tu)
+    assert body["ready"] is True and body["router"] is True and body["store"] is True
+    for i in range(3):
+        await sender.chat(f"during the outage {i}")
+    during = await collect(reader, 3, {"chat_message"}, 10 * tu)
+    assert [e["payload"]["content"] for e in during] == [f"during the outage {i}" for i in range(3)]
+    assert [e["offset"] for e in during] == [before["offset"] + 1 + i for i in range(3)]
+    publish_token = token_for(cluster, "svc", scopes=["publish"])
+    async with httpx.AsyncClient(timeout=10 * tu) as http:
+        r = await http.post(f"http://127.0.0.1:{port}/api/v1/publish",
+                            json={"channel": channel, "type": "notification", "payload": {"n": 1}},
+                            headers={"authorization": f"Bearer {publish_token}"})
+        assert r.status_code == 200, r.text
+        assert r.json()["offset"] == before["offset"] + 4
+        r = await http.get(f"http://127.0.0.1:{port}/api/v1/channels/{channel}/history",
+                           headers={"authorization": f"Bearer {publish_token}"})
+        assert r.status_code == 503 and r.json()["code"] == "unavailable"
+
+    # a client recovering now is told why, retryably, and still gets live traffic
+    position = {channel: {"offset": before["offset"], "epoch": before["epoch"]}}
+    async with websockets.connect(chat_url(cluster, 1, sid)) as late:
+        await late.send(json.dumps({"token": token_for(cluster, "late", [sid]), "recover": position}))
+        auth = json.loads(await asyncio.wait_for(late.recv(), 10 * tu))
+    answer = auth["recovered"][channel]
+    assert answer["recovered"] is False and answer["reason"] == "unavailable"
+
+    # once history is back, what was published during the outage is there to recover, in order
+    cluster.restart(history)
+    await _wait_history(cluster.by_role("edge")[1].port, True, 15 * tu)
+    async with websockets.connect(chat_url(cluster, 1, sid)) as late:
+        await late.send(json.dumps({"token": token_for(cluster, "late", [sid]), "recover": position}))
+        auth = json.loads(await asyncio.wait_for(late.recv(), 10 * tu))
+        assert auth["recovered"][channel]["recovered"] is True
+        missed = []
+        while len(missed) < 4:
+            frame = json.loads(await asyncio.wait_for(late.recv(), 10 * tu))
+            if frame.get("channel") == channel and frame.get("offset"):
+                missed.append(frame)
+    assert [f["offset"] for f in missed] == [before["offset"] + 1 + i for i in range(4)]
+    assert [f["type"] for f in missed] == ["chat_message"] * 3 + ["notification"]
 
 
 async def test_store_outage_shows_in_readiness_and_heals(make_cluster, clients, sid, tu) -> None:

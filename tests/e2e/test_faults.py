@@ -10,6 +10,8 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 from tests.e2e.faultkit import Scenario
 
 PER_SESSION = 150
@@ -66,8 +68,10 @@ async def test_kill_router_then_new_router_joins(make_cluster, tu) -> None:
     await _run(cluster, tu, fault, "kill-9-router+join", per_session=300)
 
 
-async def test_kill_and_restart_history(make_cluster, tu) -> None:
-    cluster = make_cluster(edges=2, routers=2)
+@pytest.mark.parametrize("append_via", ["store", "history"])
+async def test_kill_and_restart_history(make_cluster, tu, append_via) -> None:
+    # store: history is off the write path; history: its outage fails appends, which are retried
+    cluster = make_cluster(edges=2, routers=2, env={"SWITCHBOARD_APPEND_VIA": append_via})
 
     async def fault(sc):
         history = cluster.by_role("history")[0]
@@ -76,7 +80,7 @@ async def test_kill_and_restart_history(make_cluster, tu) -> None:
         cluster.restart(history)
         return {"restarted": history.name}
 
-    await _run(cluster, tu, fault, "kill-9-history+restart")
+    await _run(cluster, tu, fault, f"kill-9-history+restart append_via={append_via}")
 
 
 async def test_store_restart_keeping_its_data(make_cluster, tu) -> None:

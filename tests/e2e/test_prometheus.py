@@ -79,7 +79,7 @@ async def test_prometheus_sees_every_tier_move_and_a_killed_edge_go_down(
             lambda r: r and not math.isnan(float(r[0]["value"][1])))
         assert _one(p99) > 0
         for series in ('router_publishes_total{result="ok"}', 'history_appends_total{result="ok"}',
-                       'history_append_batch_size_count{tier="history"}',
+                       'history_append_batch_size_count{tier="router"}',  # append_via=store: the router appends
                        'router_history_append_duration_seconds_count{tier="router"}',
                        'edge_publishes_total{source="http",result="ok"}',
                        'edge_publishes_total{source="client",result="ok"}'):

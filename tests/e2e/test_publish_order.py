@@ -54,8 +54,8 @@ async def _send_and_check(cluster: DevCluster, clients, tu: float, *, senders: i
 
 
 async def test_busy_store_pool_keeps_each_senders_order(make_cluster, clients, tu) -> None:
-    # One pooled connection and a 0.1 ms wait: whenever two store calls overlap in history (two
-    # routers, each with up to two append calls in flight, and the lease refresh), the pool is
+    # One pooled connection and a 0.1 ms wait: whenever two store calls overlap in a router (up
+    # to two append calls in flight, the ownership refresh and the lease refresh), the pool is
     # exhausted, so appends fail as "busy" and are retried.
     cluster = make_cluster(env={"SWITCHBOARD_STORE_MAX_CONNECTIONS": "1",
                                 "SWITCHBOARD_STORE_POOL_WAIT_S": "0.0001"})
@@ -72,7 +72,8 @@ async def test_stalled_history_keeps_each_senders_order(make_cluster, clients, t
     # are surely in flight during the stall, however fast the cluster is). Appends have a 1 s
     # deadline, so the router fails the ones in flight as "unavailable" and the edge retries
     # them; the messages behind them must wait for them, not overtake them.
-    cluster = make_cluster(env={"SWITCHBOARD_RPC_TIMEOUT_S": "1"})
+    # append_via=history: appends go through the history node that stalls.
+    cluster = make_cluster(env={"SWITCHBOARD_RPC_TIMEOUT_S": "1", "SWITCHBOARD_APPEND_VIA": "history"})
     history = cluster.by_role("history")[0]
 
     async def stall() -> None:
