@@ -30,6 +30,7 @@ class Ownership:
         self.links: dict[str, EdgeLink] = {}
         self.subs: dict[str, set[str]] = {}           # channel -> edges attached here
         self._stored: dict[str, tuple[float, set[str]]] = {}  # channel -> (loaded at, edges)
+        self._owners: dict[str, str] = {}  # channel -> owner in the current router set
         self._store = store
         self._refresh_s = refresh_s
 
@@ -38,6 +39,7 @@ class Ownership:
         self.routers = frozenset(routers - {self.node_id} if self.draining and len(routers - {self.node_id})
                                  else routers | {self.node_id})
         self._stored.clear()  # ownership may have moved: reload the stored edge sets lazily
+        self._owners.clear()
 
     def drain(self) -> None:
         """Stop owning channels: publishes reaching us from now on go to the remaining routers."""
@@ -45,7 +47,13 @@ class Ownership:
         self.set_routers(self._members)
 
     def owner(self, channel: str) -> str:
-        return owner_of(channel, self.routers) or self.node_id
+        """The channel's owner in the current router set (hashed once per channel and set)."""
+        owner = self._owners.get(channel)
+        if owner is None:
+            if len(self._owners) > 100_000:  # bound the cache; it only saves hashing
+                self._owners.clear()
+            owner = self._owners[channel] = owner_of(channel, self.routers) or self.node_id
+        return owner
 
     def owns(self, channel: str) -> bool:
         return self.owner(channel) == self.node_id
