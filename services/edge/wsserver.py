@@ -26,7 +26,7 @@ import base64
 import binascii
 import hashlib
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import structlog
@@ -112,8 +112,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._server_state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
