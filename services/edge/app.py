@@ -7,7 +7,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import Backend, build_membership_store, open_backend
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics, new_registry
-from services.edge.connection import PUBLISH_UNIT_MAX, Connection, presence_payload
+from services.edge.asgisocket import AsgiSocket
+from services.edge.connection import PUBLISH_UNIT_MAX, Kind, presence_payload, serve
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import DemoAgent
 from services.edge.domain import Event
@@ -42,7 +43,7 @@ from services.edge.metrics import EdgeMetrics
 from services.edge.presence import PresenceTracker
 from services.edge.routing_client import RouterPool
 from services.edge.store.factory import build_presence_store
-from services.edge.wsproto import SwitchboardWebSocketProtocol
+from services.edge.wsserver import PREFIXES, ROUTES, EdgeWebSocketProtocol
 
 log = structlog.get_logger("switchboard.edge")
 MAX_PUBLISH_BODY = 256 * 1024
@@ -62,10 +63,10 @@ def _error(status: int, code: str, message: str) -> JSONBody:
 
 
 def server_config(settings: Settings) -> uvicorn.Config:
-    """The one uvicorn configuration of an edge, whether it runs alone or beside other tiers."""
+    """The one uvicorn configuration of an edge, whether it runs alone or beside other tiers:
+    WebSockets on the edge's own protocol (wsserver.py), HTTP on Starlette."""
     return uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, ws=SwitchboardWebSocketProtocol,
-        ws_per_message_deflate=False,  # prepared frames are written as they are (wsproto.py)
+        create_app(settings), host=settings.host, port=settings.port, ws=EdgeWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_interval_s, lifespan="on", log_config=None,
         access_log=False, timeout_graceful_shutdown=int(settings.drain_grace_s) or 1,
@@ -136,12 +137,10 @@ def create_app(settings: Settings) -> Starlette:
             await backend.aclose()
             log.info("edge_stopped", node_id=settings.node_id)
 
-    routes: list[Route | WebSocketRoute] = []
-    for prefix in ("", "/api"):
-        routes += [
-            WebSocketRoute(prefix + "/ws/chat/{session_id}", chat_endpoint),
-            WebSocketRoute(prefix + "/ws/agent-status/{user_id}", agent_status_endpoint),
-        ]
+    # The WebSocket routes as ASGI endpoints too: the fallback under another ASGI server.
+    routes: list[Route | WebSocketRoute] = [
+        WebSocketRoute(prefix + base + "{path_id}", socket_endpoint(kind))
+        for prefix in PREFIXES for base, kind in ROUTES]
     routes += [
         Route("/api/v1/publish", publish, methods=["POST"]),
         Route("/api/v1/channels/{channel}/history", channel_history, methods=["GET"]),
@@ -163,24 +162,10 @@ def _ctx(scope_holder: Request | WebSocket) -> EdgeContext:
     return ctx
 
 
-async def chat_endpoint(ws: WebSocket) -> None:
-    await _serve_socket(ws, "chat", ws.path_params["session_id"])
-
-
-async def agent_status_endpoint(ws: WebSocket) -> None:
-    await _serve_socket(ws, "agent_status", ws.path_params["user_id"])
-
-
-async def _serve_socket(ws: WebSocket, kind: Any, path_id: str) -> None:
-    ctx = _ctx(ws)
-    if ctx.draining:
-        await ws.close(int(CloseCode.SERVICE_RESTART))
-        return
-    ctx.sockets += 1
-    try:
-        await Connection(ws, ctx, kind, path_id).run()
-    finally:
-        ctx.sockets -= 1
+def socket_endpoint(kind: Kind) -> Callable[[WebSocket], Awaitable[None]]:
+    async def endpoint(ws: WebSocket) -> None:
+        await serve(AsgiSocket(ws), _ctx(ws), kind, ws.path_params["path_id"])
+    return endpoint
 
 
 def _bearer(request: Request, ctx: EdgeContext) -> Principal:

@@ -15,7 +15,6 @@ from collections import deque
 from typing import Any, Literal, NoReturn
 
 import structlog
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.common import wire
 from services.common.auth import AuthError, Principal, normalize_channel, valid_id
@@ -31,7 +30,7 @@ from services.edge.errors import EdgeError
 from services.edge.presence import tracked
 from services.edge.ratelimit import TokenBucket
 from services.edge.sendqueue import SendQueue
-from services.edge.wsproto import EXTENSION, FrameWriter, payload_of, text_frame
+from services.edge.wsproto import CORK, ClientSocket, Disconnected, FrameWriter, payload_of, text_frame
 
 log = structlog.get_logger("switchboard.edge")
 Kind = Literal["chat", "agent_status"]
@@ -53,8 +52,22 @@ class Closed(Exception):
         self.code = code
 
 
+async def serve(ws: ClientSocket, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
+    """Serve one WebSocket of a route, whichever server carries it (the edge's own protocol in
+    wsserver.py, or any ASGI server through asgisocket.py). A draining edge closes it with 1012."""
+    if ctx.draining:
+        await ws.accept()
+        await ws.close(int(CloseCode.SERVICE_RESTART), reason_of(CloseCode.SERVICE_RESTART))
+        return
+    ctx.sockets += 1
+    try:
+        await Connection(ws, ctx, kind, path_id).run()
+    finally:
+        ctx.sockets -= 1
+
+
 class Connection:
-    def __init__(self, ws: WebSocket, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
+    def __init__(self, ws: ClientSocket, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
         self.ws = ws
         self.ctx = ctx
         self.kind = kind
@@ -65,8 +78,8 @@ class Connection:
         self.channels: set[str] = set()
         self.offsets: dict[str, int] = {}   # channel -> last offset queued to this client
         self.queue: SendQueue[bytes] = SendQueue(ctx.settings.send_queue_max)
-        # Prepared frames go straight to the transport (see wsproto.py); None: the ASGI path.
-        self._frames: FrameWriter | None = ws.scope.get("extensions", {}).get(EXTENSION)
+        # Prepared frames go straight to the transport (see wsproto.py); None: through send_text.
+        self._frames: FrameWriter | None = ws.frames
         self._direct = False  # set once the auth reply is out: frames may bypass the queue
         self._closing: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -97,7 +110,7 @@ class Connection:
             code = self._closing or CloseCode.NORMAL
         except Closed as e:
             code = e.code
-        except WebSocketDisconnect:
+        except Disconnected:
             code = CloseCode.NORMAL
         except Exception:
             log.exception("session_failed")
@@ -142,12 +155,9 @@ class Connection:
             await self._auth_failed("invalid id in path", "invalid_id", CloseCode.FORBIDDEN)
         try:
             async with asyncio.timeout(s.auth_timeout_s):
-                message = await self.ws.receive()
+                raw = await self.ws.receive()
         except TimeoutError:
             await self._auth_failed("authentication timeout", "auth_timeout", CloseCode.BAD_AUTH_FRAME)
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        raw = message.get("text") or message.get("bytes") or b""
         m.bytes_in.inc(len(raw))
         try:
             frame = wire.parse_auth(wire.load_json_object(raw))
@@ -190,12 +200,20 @@ class Connection:
             "connectionId": self.connection_id, "userId": p.user_id, "sessionId": self.session_id,
             "recovered": _answers(recovery) or None,
         }
-        await self._send_now(wire.encode(reply).decode())
-        self._direct = self._frames is not None  # nothing may overtake the auth reply
-        self._start_replays(recovery)
-        self._push_event("connection_established", {
-            "connection_id": self.connection_id, "user_id": p.user_id,
-            "session_id": self.session_id, "channels": sorted(self.channels)})
+        established = {"connection_id": self.connection_id, "user_id": p.user_id,
+                       "session_id": self.session_id, "channels": sorted(self.channels)}
+        if self._frames is None:
+            await self._send_now(wire.encode(reply).decode())
+            self._start_replays(recovery)
+            self._push_event("connection_established", established)
+        else:
+            first = text_frame(wire.encode(reply))
+            with CORK:  # the reply and connection_established leave in one write
+                self._frames.write((first,))
+                self._count_out(first, 0, 0.0)
+                self._direct = True  # nothing may overtake the auth reply
+                self._start_replays(recovery)
+                self._push_event("connection_established", established)
         log.info("session_authenticated", user_id=p.user_id, session_id=self.session_id,
                  kind=self.kind)
 
@@ -203,12 +221,12 @@ class Connection:
 
     async def _read_loop(self) -> None:
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
+            try:
+                text = await self.ws.receive()
+            except Disconnected:
                 return
-            text = message.get("text")
-            if text is None:
-                self.ctx.metrics.bytes_in.inc(len(message.get("bytes") or b""))
+            if isinstance(text, bytes):
+                self.ctx.metrics.bytes_in.inc(len(text))
                 self._error("binary frames are not supported; send JSON text", "unsupported_data")
                 continue
             self.ctx.metrics.bytes_in.inc(len(text))
@@ -580,15 +598,15 @@ class Connection:
                 self._frames.write([frame for frame, _, _ in batch])
                 for frame, lane, accepted in batch:
                     self._count_out(frame, lane, accepted)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            return  # the socket is gone (starlette raises RuntimeError once it is closed)
+        except (Disconnected, OSError):
+            return  # the socket is gone
         except asyncio.CancelledError:
             if self._closing is None:
                 raise
             # close_with() stopped us: end normally so that run() closes with its code
 
     async def _send_now(self, text: str) -> None:
-        """Through ASGI, before the connection is live (auth replies)."""
+        """Before the connection is live (auth replies)."""
         await self.ws.send_text(text)
         self.ctx.metrics.frames_out[0] += 1
         self.ctx.metrics.bytes_out[0] += len(text)

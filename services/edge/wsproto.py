@@ -1,24 +1,21 @@
-"""The edge's WebSocket protocol: uvicorn's websockets-sansio protocol, plus prepared frames.
+"""What the edge's connections write and read: prepared frames, the socket interface, corks.
 
 A server frame is unmasked, so the frame around an event is the same bytes for every subscriber:
 the hub builds it once (`text_frame`) and each connection writes those bytes straight to its
-transport, several queued frames in one write, instead of going through the ASGI `send` path
-(starlette -> uvicorn -> websockets, a frame built and a write() made per message per socket).
+transport, several queued frames in one write (a `FrameWriter`), instead of building a frame and
+making a write() per message per socket.
 
-The protocol offers this as the ASGI scope extension "switchboard.frames" (a `FrameWriter`).
-Starlette keeps the routing, the handshake, receiving and closing; only data frames take the
-short path. Without the extension (another server, a test client) the connection falls back to
-`websocket.send`. permessage-deflate must be off: prepared frames are not compressed.
+`ClientSocket` is what a `Connection` needs of its socket. The edge's own WebSocket server
+(`wsserver.py`) implements it and is a `FrameWriter`; `asgisocket.py` adapts Starlette's WebSocket
+(another ASGI server, a test client), which has no FrameWriter: frames then go through `send_text`.
+No extension is negotiated: prepared frames are written as they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from typing import Any
-
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-
-EXTENSION = "switchboard.frames"
+from typing import Protocol
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -37,32 +34,39 @@ def payload_of(frame: bytes) -> bytes:
     return frame[2 + (2 if n == 126 else 8 if n == 127 else 0):]
 
 
+class Disconnected(Exception):
+    """The socket is closed (by the peer, by us, or lost): `code` is the close code seen."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 class FrameWriter:
-    """Writes prepared frames to one connection's transport."""
+    """Writes prepared frames to one connection's transport. A base class: the socket that owns
+    the transport says whether it is open and writable, and waits for room."""
 
-    __slots__ = ("_p",)
-
-    def __init__(self, protocol: SwitchboardWebSocketProtocol) -> None:
-        self._p = protocol
+    __slots__ = ()
+    transport: asyncio.WriteTransport
 
     @property
     def open(self) -> bool:
         """The handshake is done and no close frame was sent or received: data may be written."""
-        p = self._p
-        return p.handshake_complete and not (p.close_sent or p.disconnected or p.transport.is_closing())
+        raise NotImplementedError
 
     @property
     def writable(self) -> bool:
         """Open, and the transport's buffer is below its high-water mark."""
-        return self._p.writable.is_set() and self.open
+        raise NotImplementedError
+
+    async def wait_writable(self) -> None:
+        """Wait until the transport's buffer is below its high-water mark, or the socket is gone."""
+        raise NotImplementedError
 
     @property
     def buffered(self) -> int:
         """Bytes written but not yet taken by the socket."""
-        return self._p.transport.get_write_buffer_size()
-
-    async def wait_writable(self) -> None:
-        await self._p.writable.wait()  # set again on resume_writing and on connection_lost
+        return self.transport.get_write_buffer_size()
 
     def write(self, frames: Sequence[bytes]) -> None:
         """Write whole frames in one call (one syscall when the socket takes them); inside
@@ -79,9 +83,9 @@ class FrameWriter:
 
     def write_now(self, frames: Sequence[bytes]) -> None:
         if len(frames) == 1:
-            self._p.transport.write(frames[0])
+            self.transport.write(frames[0])
         else:
-            self._p.transport.write(b"".join(frames))
+            self.transport.write(b"".join(frames))
 
 
 class Cork:
@@ -118,11 +122,21 @@ class Cork:
 CORK = Cork()  # one per process: the event loop's thread is the only writer
 
 
-class SwitchboardWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol that also offers a FrameWriter to the app."""
+class ClientSocket(Protocol):
+    """A WebSocket as a Connection uses it, whichever server carries it."""
 
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None:  # an accepted upgrade: the ASGI task is created but has not run
-            scope["extensions"][EXTENSION] = FrameWriter(self)
+    @property
+    def frames(self) -> FrameWriter | None:
+        """Where prepared frames go straight to the transport; None: use send_text."""
+
+    async def accept(self) -> None:
+        """Complete the opening handshake."""
+
+    async def receive(self) -> str | bytes:
+        """The next message (str: text, bytes: binary); raises Disconnected once closed."""
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message; raises Disconnected when the socket is closed."""
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Send a close frame after what the socket still holds; a no-op once closed."""

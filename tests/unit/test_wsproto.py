@@ -51,18 +51,29 @@ class RecordingTransport:
         return 0
 
 
-class OpenProtocol:
-    """The protocol state FrameWriter reads: an accepted, open connection."""
+class RecordingWriter(FrameWriter):
+    """A FrameWriter over the recording transport: open until the transport is closing."""
+
+    __slots__ = ("transport",)
 
     def __init__(self) -> None:
-        self.transport = RecordingTransport()
-        self.handshake_complete = True
-        self.close_sent = self.disconnected = False
+        self.transport = RecordingTransport()  # type: ignore[assignment]
+
+    @property
+    def open(self) -> bool:
+        return not self.transport.is_closing()
+
+    @property
+    def writable(self) -> bool:
+        return self.open
+
+    async def wait_writable(self) -> None:
+        return None
 
 
 def writer() -> tuple[FrameWriter, RecordingTransport]:
-    protocol = OpenProtocol()
-    return FrameWriter(protocol), protocol.transport  # type: ignore[arg-type]
+    w = RecordingWriter()
+    return w, w.transport  # type: ignore[return-value]
 
 
 def test_a_cork_writes_each_connections_frames_once_in_order() -> None:

@@ -1,0 +1,377 @@
+"""The edge's own WebSocket protocol (services/edge/wsserver.py) against real clients.
+
+A real edge (uvicorn from `server_config`, on a free loopback port) with a real history and router
+(gRPC on 127.0.0.1, the in-memory store) in this process. Clients are the `websockets` library
+and raw asyncio sockets, which can send what a library never would: unmasked frames, reserved
+opcodes, invalid UTF-8, a bad handshake, a client that never answers a ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import struct
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+
+from services.common.auth import mint_token
+from services.common.settings import Settings
+from services.edge.app import server_config
+from services.history.server import running as running_history
+from services.router.server import running as running_router
+from tests.support import free_port
+
+SECRET = "test-jwt-secret-for-the-wsproto-suite"
+SERVICE = "test-service-token"
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.up.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the test's loop owns the signals
+        yield
+
+
+@dataclass
+class Edge:
+    port: int
+    settings: Settings
+
+    def url(self, sid: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/ws/chat/{sid}"
+
+    def token(self, user: str, sid: str) -> str:
+        return mint_token(SECRET, user, sessions=[sid], ttl_s=600)
+
+
+MakeEdge = Callable[..., Awaitable[Edge]]
+
+
+@pytest.fixture
+async def make_edge(tu: float) -> AsyncIterator[MakeEdge]:
+    """Starts an edge (and the history and router it needs) with settings overrides; `asgi=True`
+    serves WebSockets through uvicorn's own protocol and Starlette (the fallback path)."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = f"memory://wsproto-{uuid.uuid4().hex[:8]}"
+
+        def settings(node_id: str, port: int, **kw: Any) -> Settings:
+            return Settings(node_id=node_id, port=port, store_url=store, jwt_secret=SECRET,
+                            service_token=SERVICE, log_json=False, log_level="warning", **kw)
+
+        await stack.enter_async_context(running_history(settings("history-1", 0)))
+        await stack.enter_async_context(running_router(settings("router-1", 0)))
+
+        async def make(asgi: bool = False, **kw: Any) -> Edge:
+            s = settings(f"edge-{uuid.uuid4().hex[:4]}", free_port(), **kw)
+            config = server_config(s)
+            if asgi:
+                config.ws = "websockets-sansio"
+            server = _Server(config)
+            task = asyncio.create_task(server.serve())
+
+            async def stop() -> None:
+                server.should_exit = True
+                await asyncio.wait_for(task, 30 * tu)
+
+            stack.push_async_callback(stop)
+            await asyncio.wait_for(server.up.wait(), 20 * tu)
+            return Edge(s.port, s)
+
+        yield make
+
+
+@pytest.fixture
+def sid() -> str:
+    return "s-" + uuid.uuid4().hex[:10]
+
+
+# ---- a raw client ----------------------------------------------------------------------------
+
+
+def masked(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    if n < 126:
+        head = bytes((b0, 0x80 | n))
+    elif n < 65536:
+        head = bytes((b0, 0x80 | 126)) + struct.pack("!H", n)
+    else:
+        head = bytes((b0, 0x80 | 127)) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class Raw:
+    """A WebSocket client on a plain asyncio connection: sends whatever bytes it is told to."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tu: float) -> None:
+        self.reader, self.writer, self.tu = reader, writer, tu
+
+    @classmethod
+    async def open(cls, port: int, path: str, tu: float, *, key: str | None = None,
+                   headers: str | None = None) -> tuple[Raw, bytes]:
+        """Connect and send a handshake; returns the client and the response head."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = key or base64.b64encode(os.urandom(16)).decode()
+        head = headers if headers is not None else (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n")
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}\r\n".encode())
+        raw = cls(reader, writer, tu)
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5 * tu)
+        return raw, response
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def frame(self) -> tuple[int, bool, bytes]:
+        """(opcode, fin, payload) of the next server frame."""
+        async with asyncio.timeout(10 * self.tu):
+            b0, b1 = await self.reader.readexactly(2)
+            assert not b1 & 0x80, "server frames are not masked"
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+            return b0 & 0x0F, bool(b0 & 0x80), await self.reader.readexactly(n)
+
+    async def until(self, opcode: int) -> bytes:
+        while True:
+            op, _, payload = await self.frame()
+            if op == opcode:
+                return payload
+
+    async def close_code(self) -> int:
+        payload = await self.until(0x8)
+        return int(struct.unpack("!H", payload[:2])[0])
+
+    async def eof(self) -> bool:
+        async with asyncio.timeout(10 * self.tu):
+            while await self.reader.read(65536):
+                pass
+        return True
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+@pytest.fixture
+async def raws() -> AsyncIterator[list[Raw]]:
+    made: list[Raw] = []
+    yield made
+    for r in made:
+        await r.aclose()
+
+
+async def open_raw(edge: Edge, sid: str, tu: float, raws: list[Raw], **kw: Any) -> tuple[Raw, bytes]:
+    raw, head = await Raw.open(edge.port, kw.pop("path", f"/api/ws/chat/{sid}"), tu, **kw)
+    raws.append(raw)
+    return raw, head
+
+
+async def authenticated(edge: Edge, sid: str, tu: float, raws: list[Raw]) -> Raw:
+    raw, head = await open_raw(edge, sid, tu, raws)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    raw.send(masked(0x1, json.dumps({"token": edge.token("alice", sid)}).encode()))
+    assert json.loads(await raw.until(0x1))["success"] is True
+    return raw
+
+
+# ---- the opening handshake -------------------------------------------------------------------
+
+
+async def test_the_handshake_is_answered_with_the_rfc_accept_key(make_edge: MakeEdge, sid: str, tu: float,
+                                                                 raws: list[Raw]) -> None:
+    edge = await make_edge()
+    key = base64.b64encode(os.urandom(16)).decode()
+    _, head = await open_raw(edge, sid, tu, raws, key=key)
+    lines = head.decode().split("\r\n")
+    expected = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+    assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    assert fields["upgrade"].lower() == "websocket" and fields["connection"].lower() == "upgrade"
+    assert fields["sec-websocket-accept"] == expected
+    assert "sec-websocket-extensions" not in fields  # prepared frames are never compressed
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), [
+    ("/ws/chat/x", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"
+     "Sec-WebSocket-Version: 13\r\n", 400),                                    # key not 16 bytes
+    ("/ws/chat/x", "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+     "Sec-WebSocket-Version: 13\r\n", 400),                                    # no key
+    ("/ws/chat/x", "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+     "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n", 400),                   # no version
+    ("/ws/chat/x", "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+     "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 8\r\n", 426),
+    ("/ws/nowhere/x", "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+     "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n", 404),
+    ("/ws/chat/a/b", "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+     "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n", 404),
+])
+async def test_a_bad_handshake_gets_an_http_error_and_the_connection_ends(
+        make_edge: MakeEdge, tu: float, raws: list[Raw], path: str, headers: str, status: int) -> None:
+    edge = await make_edge()
+    raw, head = await open_raw(edge, "", tu, raws, path=path, headers=headers)
+    status_line, *lines = head.decode().split("\r\n")
+    assert status_line.split(" ")[1] == str(status)
+    if status == 426:
+        assert "Sec-WebSocket-Version: 13" in lines
+    assert await raw.eof()
+
+
+# ---- frames ----------------------------------------------------------------------------------
+
+
+async def test_an_unmasked_client_frame_closes_1002(make_edge: MakeEdge, sid: str, tu: float,
+                                                     raws: list[Raw]) -> None:
+    edge = await make_edge()
+    raw, _ = await open_raw(edge, sid, tu, raws)
+    raw.send(b"\x81\x02{}")
+    assert await raw.close_code() == 1002
+    assert await raw.eof()
+
+
+@pytest.mark.parametrize("frame", [masked(0x1, b"{}", rsv=0x40), masked(0x3, b""),
+                                   masked(0x9, b"x" * 126), masked(0x0, b"{}")])
+async def test_reserved_bits_opcodes_and_broken_frames_close_1002(make_edge: MakeEdge, sid: str, tu: float,
+                                                                  raws: list[Raw], frame: bytes) -> None:
+    edge = await make_edge()
+    raw = await authenticated(edge, sid, tu, raws)
+    raw.send(frame)
+    assert await raw.close_code() == 1002
+
+
+async def test_a_fragmented_message_is_reassembled_and_pings_between_fragments_answered(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    edge = await make_edge()
+    raw, _ = await open_raw(edge, sid, tu, raws)
+    auth = json.dumps({"token": edge.token("alice", sid)}).encode()
+    third = len(auth) // 3
+    raw.send(masked(0x1, auth[:third], fin=False))
+    raw.send(masked(0x9, b"between"))
+    raw.send(masked(0x0, auth[third:2 * third], fin=False))
+    raw.send(masked(0x0, auth[2 * third:]))
+    assert await raw.frame() == (0xA, True, b"between")
+    assert json.loads((await raw.frame())[2])["success"] is True
+
+
+async def test_the_library_client_pings_and_talks(make_edge: MakeEdge, sid: str, tu: float) -> None:
+    edge = await make_edge()
+    async with websockets.connect(edge.url(sid)) as ws:
+        await ws.send(json.dumps({"token": edge.token("alice", sid)}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5 * tu))["success"] is True
+        await asyncio.wait_for(await ws.ping(b"are you there"), 5 * tu)
+        await ws.send(json.dumps({"type": "chat_message", "payload": {"content": "hi"}}))
+        while (ev := json.loads(await asyncio.wait_for(ws.recv(), 5 * tu)))["type"] != "chat_message":
+            pass
+        assert ev["payload"]["content"] == "hi"
+
+
+async def test_a_message_over_the_limit_closes_1009(make_edge: MakeEdge, sid: str, tu: float,
+                                                    raws: list[Raw]) -> None:
+    edge = await make_edge(max_frame_bytes=4096)
+    async with websockets.connect(edge.url(sid), max_size=None) as ws:
+        await ws.send(json.dumps({"token": edge.token("alice", sid)}))
+        await asyncio.wait_for(ws.recv(), 5 * tu)
+        await ws.send(json.dumps({"type": "chat_message", "payload": {"content": "x" * 5000}}))
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 5 * tu)
+    assert ws.close_code == 1009
+    # in fragments, each under the limit, the same
+    raw = await authenticated(edge, sid, tu, raws)
+    raw.send(masked(0x1, b"y" * 3000, fin=False))
+    raw.send(masked(0x0, b"y" * 3000))
+    assert await raw.close_code() == 1009
+
+
+async def test_invalid_utf8_in_a_text_message_closes_1007(make_edge: MakeEdge, sid: str, tu: float,
+                                                          raws: list[Raw]) -> None:
+    edge = await make_edge()
+    raw = await authenticated(edge, sid, tu, raws)
+    raw.send(masked(0x1, b'{"type": "heartbeat", "x": "\xff\xfe"}'))
+    assert await raw.close_code() == 1007
+
+
+@pytest.mark.parametrize(("sent", "echoed"), [(struct.pack("!H", 4321) + b"bye", 4321), (b"", 1000),
+                                              (struct.pack("!H", 1005), 1002), (b"\x03", 1002),
+                                              (struct.pack("!H", 1000) + b"\xff", 1002)])
+async def test_a_close_is_echoed_then_the_server_ends_the_connection(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw], sent: bytes, echoed: int) -> None:
+    edge = await make_edge()
+    raw = await authenticated(edge, sid, tu, raws)
+    raw.send(masked(0x8, sent))
+    assert await raw.close_code() == echoed
+    assert await raw.eof()
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(make_edge: MakeEdge, sid: str, tu: float,
+                                                             raws: list[Raw]) -> None:
+    edge = await make_edge(ping_interval_s=0.2 * tu)
+    raw = await authenticated(edge, sid, tu, raws)
+    assert await raw.until(0x9) == b""
+    raw.send(masked(0xA, b""))  # the first ping is answered...
+    assert await raw.until(0x9) == b""
+    assert await raw.close_code() == 1011  # ...the second is not
+    assert await raw.eof()
+
+
+async def test_a_client_that_sends_without_reading_is_paused_not_buffered(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    """Many heartbeats at once: each is answered, in order, and the connection lives on."""
+    edge = await make_edge()
+    raw = await authenticated(edge, sid, tu, raws)
+    raw.send(b"".join(masked(0x1, b'{"type": "heartbeat", "payload": {}}') for _ in range(300)))
+    answered = 0
+    while answered < 300:
+        if json.loads(await raw.until(0x1))["type"] == "connection_heartbeat":
+            answered += 1
+    raw.send(masked(0x8, struct.pack("!H", 1000)))
+    assert await raw.close_code() == 1000
+
+
+# ---- the ASGI fallback -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("asgi", [False, True], ids=["own-protocol", "asgi-fallback"])
+async def test_both_servers_run_the_same_connection(make_edge: MakeEdge, sid: str, tu: float,
+                                                    asgi: bool) -> None:
+    edge = await make_edge(asgi=asgi)
+    async with websockets.connect(edge.url(sid)) as ws:
+        await ws.send(json.dumps({"token": edge.token("alice", sid)}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 5 * tu))
+        assert reply["success"] is True and reply["session_id"] == sid
+        established = json.loads(await asyncio.wait_for(ws.recv(), 5 * tu))
+        assert established["type"] == "connection_established"
+        await ws.send(json.dumps({"type": "chat_message", "payload": {"content": "both"}}))
+        while (ev := json.loads(await asyncio.wait_for(ws.recv(), 5 * tu)))["type"] != "chat_message":
+            pass
+        assert ev["payload"]["content"] == "both"
+    async with websockets.connect(edge.url(sid)) as ws:  # a bad token: the documented close
+        await ws.send(json.dumps({"token": "not-a-token"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5 * tu))["success"] is False
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5 * tu)
+    assert ws.close_code == 4001
