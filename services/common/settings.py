@@ -6,6 +6,7 @@ Durations carry their unit in the name. No tier reads the environment anywhere e
 from __future__ import annotations
 
 import secrets
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
 
     # router
     router_link_queue_max: int = 50_000
+    # edge <-> router stream links (length-prefixed protobuf over TCP; gRPC Connect is the fallback)
+    link_port: int = Field(default=0, ge=-1)  # router: 0 picks a free port (advertised), -1 turns links off
+    router_transport: Literal["link", "grpc"] = "link"  # edge: "grpc" forces the Connect stream
+    link_heartbeat_s: float = Field(default=2.0, gt=0)  # an empty batch when nothing else was sent
+    link_idle_timeout_s: float = Field(default=6.0, gt=0)  # nothing read this long: the peer is dead
+    link_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # as gRPC's message limit
     publish_batch_max: int = 256
 
     # telemetry
