@@ -180,8 +180,7 @@ class FrameProtocol(asyncio.Protocol):
 
     def _fail(self, error: LinkClosedError) -> None:
         if self._error is None:
-            self._error = error
-        self._inbox.clear()
+            self._error = error  # raised once the frames before the failure are read
         self._wake()
         if self._transport is not None:
             self._transport.abort()  # connection_lost follows on the next loop iteration

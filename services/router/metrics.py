@@ -33,6 +33,8 @@ class RouterMetrics:
                                      "Edge stream links closed at their first frame: no hello "
                                      "(reason=hello) or a wrong service token (reason=token)",
                                      ["reason"], registry=registry)
+        for reason in ("hello", "token"):
+            self.links_refused.labels(reason)  # exported at 0 from the start
         self.append_seconds = Histogram("router_history_append_duration_seconds",
                                         "Batch append latency to history", buckets=FAST_BUCKETS,
                                         registry=registry)
