@@ -43,6 +43,7 @@ class LinkServer:
         self._server: asyncio.Server | None = None
         # each session's task -> its connection and, once the hello is accepted, its edge
         self._sessions: dict[asyncio.Task[None], tuple[FrameProtocol, EdgeLink | None]] = {}
+        self._stopping = False
         self.port = 0
 
     async def start(self) -> int:
@@ -112,6 +113,8 @@ class LinkServer:
         return first.hello, frames[1:]
 
     def _refuse(self, conn: FrameProtocol, reason: str) -> None:
+        if self._stopping:  # aborted by stop() before its hello: not the edge's fault
+            return
         self._m.links_refused.labels(reason).inc()
         log.warning("edge_link_refused", peer=conn.peer, reason=reason)
         conn.abort()
@@ -119,6 +122,7 @@ class LinkServer:
     async def stop(self, grace_s: float) -> None:
         """Stop listening and end every session: flushed and closed within `grace_s`, else cancelled."""
         server, self._server = self._server, None
+        self._stopping = True
         if server is not None:
             server.close()
         for conn, link in self._sessions.values():
