@@ -201,11 +201,13 @@ class DevCluster:
         self.store_url = f"redis://{HOST}:{port}/0"
 
     def spawn(self, role: str, port: int | None = None, node_id: str | None = None,
-              metrics_port: int | None = None) -> Proc:
+              metrics_port: int | None = None, env: dict[str, str] | None = None) -> Proc:
+        """Start one process; `env` adds settings of its own (e.g. an edge that forces gRPC)."""
         n = self._counters[role] = self._counters.get(role, 0) + 1
         name = node_id or f"{role}-{n}"
         port = port or free_port()
-        env = self.base_env()
+        own, env = env or {}, self.base_env()
+        env.update(own)
         env["SWITCHBOARD_NODE_ID"] = name
         env["SWITCHBOARD_PORT"] = str(port)
         if role == "edge":
@@ -243,7 +245,8 @@ class DevCluster:
         """Stop (SIGTERM, or SIGKILL with kill=True) and start the same node on the same port."""
         proc.kill() if kill else proc.stop()
         self.procs.remove(proc)
-        new = self.spawn(proc.role, port=proc.port, node_id=proc.name, metrics_port=proc.metrics_port)
+        new = self.spawn(proc.role, port=proc.port, node_id=proc.name, metrics_port=proc.metrics_port,
+                         env=proc.env)  # its own settings too
         if wait:
             self.wait_ready(new)
         return new

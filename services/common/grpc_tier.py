@@ -1,20 +1,25 @@
 """The lifecycle every gRPC tier (router, history) shares: server, health, lease, metrics, drain.
 
 Start: create the server with the tier's servicers and the standard gRPC health servicer, bind,
-start serving, claim the membership lease, run the tier's `started` hook, then report SERVING
-(for "" and for the tier's service) and serve the Prometheus listener.
+start serving, claim the side listener's lease (if the tier has one: the router's edge links),
+then the membership lease, run the tier's `started` hook, then report SERVING (for "" and for the
+tier's service) and serve the Prometheus listener.
 
 Exit, in this order (the drain every tier relies on):
 1. health goes NOT_SERVING for good (probes and health watchers stop choosing us), and the
    tier's `stopping` hook runs at the same moment (stop taking new work);
 2. the lease is dropped, so peers see us gone at their next membership poll, not on expiry;
+   then the side listener's lease (peers that poll in between see the tier without it for
+   one poll, and fall back to gRPC for that moment);
 3. the tier's `drain` hook hands over or finishes what is in flight (bounded by the tier);
-4. the server stops, giving calls still running `stop_grace_s`.
+4. the server and the side listener stop together, giving calls and links still running
+   `stop_grace_s`.
 Stores and clients belong to the tier and are closed by it after this context exits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +54,17 @@ class TierSpec:
     stopping: Callable[[], None] | None = None  # as health goes NOT_SERVING, before the lease drops
     drain: Callable[[], Awaitable[None]] | None = None  # after the lease drops, before the server stops
     stop_grace_s: float = 1.0  # for calls still running when the server stops
+    side: SideListener | None = None
+
+
+@dataclass(frozen=True)
+class SideListener:
+    """A listener the tier serves besides gRPC, already bound (the router's edge links). Its
+    address is leased under its own membership role; it stops with the gRPC server."""
+
+    role: str  # membership role of its address: "router-link"
+    port: int
+    stop: Callable[[float], Awaitable[None]]  # stop within this grace (seconds)
 
 
 @dataclass
@@ -87,9 +103,15 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
     address = f"{settings.advertise_host or settings.host}:{port}"
     lease = LeaseKeeper(members, spec.role, settings.node_id, address,
                         ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
+    side = spec.side
+    side_lease = None if side is None else LeaseKeeper(
+        members, side.role, settings.node_id, f"{settings.advertise_host or settings.host}:{side.port}",
+        ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
     tier = GrpcTier(spec, server, port, address, lease, health_servicer)
     try:
         await server.start()
+        if side_lease is not None:
+            await side_lease.start()  # before the tier's lease: peers see both at once
         await lease.start()
         if spec.started is not None:
             await spec.started()
@@ -102,9 +124,12 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
         if spec.stopping is not None:
             spec.stopping()
         await lease.aclose()
+        if side_lease is not None:
+            await side_lease.aclose()
         try:
             if spec.drain is not None:
                 await spec.drain()
         finally:
-            await server.stop(grace=spec.stop_grace_s)
+            await asyncio.gather(server.stop(grace=spec.stop_grace_s),
+                                 *([side.stop(spec.stop_grace_s)] if side is not None else []))
             log.info("tier_stopped", role=spec.role, node_id=settings.node_id)

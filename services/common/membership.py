@@ -18,6 +18,11 @@ from services.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchboard.membership")
 
+# A router's edge-link address ("host:port") is leased under this role, beside its gRPC address
+# under "router": an edge that does not know the role keeps dialling gRPC, and an edge that sees
+# a router without it (an older router) uses the gRPC Connect stream.
+LINK_ROLE = "router-link"
+
 
 class LeaseKeeper:
     def __init__(self, store: MembershipStore, role: str, node_id: str, address: str,
@@ -61,13 +66,20 @@ class LeaseKeeper:
 
 
 class MemberWatcher:
-    """Polls the live members of a role; calls `on_change(members)` when the set changes."""
+    """Polls the live members of a role; calls `on_change(members)` when the set changes.
+
+    With `also`, a second role is read in the same poll, right after the first, into `also_members`
+    (a change there calls `on_change` too). A node leases its `also` record before its own, so a
+    member seen in `members` is seen in `also_members` as well if it has such a record."""
 
     def __init__(self, store: MembershipStore, role: str, *, poll_s: float,
-                 on_change: Callable[[dict[str, str]], None] | None = None) -> None:
+                 on_change: Callable[[dict[str, str]], None] | None = None,
+                 also: str | None = None) -> None:
         self._store, self.role, self._poll_s = store, role, poll_s
         self._on_change = on_change
+        self._also = also
         self.members: dict[str, str] = {}
+        self.also_members: dict[str, str] = {}
         self.healthy = False
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -80,6 +92,7 @@ class MemberWatcher:
         try:
             async with asyncio.timeout(max(self._poll_s * 4, 2.0)):
                 current = await self._store.members(self.role)
+                also = await self._store.members(self._also) if self._also else {}
             self.healthy = True
         except StoreBusyError:
             return  # the store is up but this process's pool was full: keep the last view
@@ -88,9 +101,9 @@ class MemberWatcher:
                 log.warning("membership_poll_failed", role=self.role, error=str(e))
             self.healthy = False
             return  # keep the last known view while the store is away
-        if current != self.members:
+        if current != self.members or also != self.also_members:
             log.info("members_changed", role=self.role, members=sorted(current))
-            self.members = current
+            self.members, self.also_members = current, also
             self._changed.set()
             self._changed = asyncio.Event()
             if self._on_change is not None:

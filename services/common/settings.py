@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # its own process (no history hop; history serves reads), "history" through a history node.
     append_via: Literal["store", "history"] = "store"
     router_link_queue_max: int = 50_000
+    # edge <-> router stream links (length-prefixed protobuf over TCP; gRPC Connect is the fallback)
+    link_port: int = Field(default=0, ge=-1)  # router: 0 picks a free port (advertised), -1 turns links off
+    router_transport: Literal["link", "grpc"] = "link"  # edge: "grpc" forces the Connect stream
+    link_heartbeat_s: float = Field(default=2.0, gt=0)  # an empty batch when nothing else was sent
+    link_idle_timeout_s: float = Field(default=6.0, gt=0)  # nothing read this long: the peer is dead
+    link_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # as gRPC's message limit
     publish_batch_max: int = 256
 
     # telemetry

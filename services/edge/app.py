@@ -25,7 +25,7 @@ from services.common import wire
 from services.common.auth import AuthError, Principal, TokenVerifier, mint_token, normalize_channel, valid_id
 from services.common.close_codes import CloseCode
 from services.common.history_client import HistoryCallError, HistoryClient
-from services.common.membership import LeaseKeeper, MemberWatcher
+from services.common.membership import LINK_ROLE, LeaseKeeper, MemberWatcher
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import Backend, build_membership_store, open_backend
@@ -41,7 +41,7 @@ from services.edge.history_reader import HistoryReader
 from services.edge.hub import Hub
 from services.edge.metrics import EdgeMetrics
 from services.edge.presence import PresenceTracker
-from services.edge.routing_client import RouterPool
+from services.edge.routing_client import LinkOptions, RouterPool
 from services.edge.store.factory import build_presence_store
 from services.edge.wsserver import PREFIXES, ROUTES, EdgeWebSocketProtocol
 
@@ -74,6 +74,13 @@ def server_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+def _link_options(settings: Settings) -> LinkOptions | None:
+    if settings.router_transport == "grpc":
+        return None  # the Connect stream to every router, even those that offer stream links
+    return LinkOptions(settings.link_max_frame_bytes, settings.link_heartbeat_s,
+                       settings.link_idle_timeout_s)
+
+
 def create_app(settings: Settings) -> Starlette:
     """Build the edge. Everything it holds is created in the lifespan and closed in reverse."""
 
@@ -91,13 +98,18 @@ def create_app(settings: Settings) -> Starlette:
                           queue_max=settings.edge_link_queue_max,
                           reconnect_max_s=settings.router_reconnect_max_s,
                           publish_timeout_s=settings.publish_timeout_s,
-                          grpc_metrics=grpc_metrics)
+                          grpc_metrics=grpc_metrics, link=_link_options(settings))
         reader = HistoryReader(history)  # the edge sees domain pages, not protobuf
         hub = Hub(pool, reader, metrics, pending_max=settings.edge_link_queue_max,
                   attach_timeout_s=settings.rpc_timeout_s)
         pool.register(hub)
+
+        def routers_changed(members: dict[str, str]) -> None:
+            pool.set_routers(members, routers.also_members)
+
         routers = MemberWatcher(members, "router", poll_s=settings.membership_poll_s,
-                                on_change=pool.set_routers)
+                                on_change=routers_changed,
+                                also=LINK_ROLE if pool.link is not None else None)
         lease = LeaseKeeper(members, "edge", settings.node_id, settings.advertised,
                             ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
         ctx = EdgeContext(settings, routers, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
@@ -109,7 +121,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await histories.start()
             await routers.start()
-            pool.set_routers(routers.members)
+            pool.set_routers(routers.members, routers.also_members)
             await lease.start()
             ready_task = asyncio.create_task(_refresh_ready(ctx), name="edge-ready")
             await presence.start()

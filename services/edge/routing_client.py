@@ -1,4 +1,8 @@
-"""The edge's gRPC adapter to the routers: one Connect stream per live router.
+"""The edge's adapter to the routers: one stream per live router.
+
+The stream is a stream link (length-prefixed protobuf frames over TCP, services/common/framing.py)
+to routers that advertise one (membership role LINK_ROLE), else the gRPC Connect stream: the same
+messages, the same batching, the same dispatch either way.
 
 Channels are attached to their owner (rendezvous hashing over the live routers); when the
 router set changes, channels whose owner changed are detached from the old owner and attached
@@ -10,20 +14,23 @@ until the publish deadline, and stay idempotent because every event carries its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from grpc import aio
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
 from services.common.batching import take_batch
 from services.common.errors import is_retryable
+from services.common.framing import FrameProtocol
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
@@ -66,17 +73,72 @@ class _NoSink:
 ROUTER_SERVICE = "switchboard.routing.v1.Router"
 
 
-class RouterLink:
-    """One Connect stream to one router, reconnected with jittered backoff until closed."""
+class _Wire(Protocol):
+    """One open stream to a router, whatever carries it."""
 
-    def __init__(self, pool: RouterPool, router_id: str, address: str) -> None:
+    async def send(self, message: pb.EdgeMessage) -> None: ...
+
+    async def receive(self) -> list[pb.RouterMessage]:
+        """The next messages; [] when the router ended the stream."""
+        ...
+
+
+class _GrpcWire:
+    def __init__(self, call: aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        self._call = call
+
+    async def send(self, message: pb.EdgeMessage) -> None:
+        await self._call.write(message)
+
+    async def receive(self) -> list[pb.RouterMessage]:
+        message = await self._call.read()
+        return [] if message is EOF else [message]  # type: ignore[list-item]
+
+
+class _FrameWire:
+    def __init__(self, conn: FrameProtocol) -> None:
+        self._conn = conn
+
+    async def send(self, message: pb.EdgeMessage) -> None:
+        self._conn.write(message.SerializeToString())
+        await self._conn.drain()
+
+    async def receive(self) -> list[pb.RouterMessage]:
+        return [pb.RouterMessage.FromString(f) for f in await self._conn.read_frames()]
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """How stream links to routers behave (settings link_*)."""
+
+    max_frame_bytes: int
+    heartbeat_s: float
+    idle_timeout_s: float  # also bounds the connect and the wait for a full write buffer
+
+
+HEARTBEAT = pb.EdgeMessage(batch=pb.EdgeBatch()).SerializeToString()
+LINK_LOST = (OSError, TimeoutError, DecodeError)  # LinkClosedError is an OSError
+
+
+class RouterLink:
+    """One stream to one router, reconnected with jittered backoff until closed: a stream link
+    (length-prefixed protobuf over TCP) when the router advertises one, else gRPC Connect."""
+
+    def __init__(self, pool: RouterPool, router_id: str, address: str,
+                 link_address: str | None = None) -> None:
         self.router_id = router_id
         self.address = address
+        self.link_address = link_address
         self._pool = pool
         self._queue: asyncio.Queue[pb.EdgeMessage | None] = asyncio.Queue(pool.queue_max)
         self._pending: dict[int, asyncio.Future[pb.PublishAck]] = {}
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._received = False
+
+    @property
+    def endpoint(self) -> tuple[str, str | None]:
+        return self.address, self.link_address
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"router-link-{self.router_id}")
@@ -104,65 +166,90 @@ class RouterLink:
 
     async def _run(self) -> None:
         attempt = 0
-        channel = insecure_channel(self.address, self._pool.grpc_metrics)
+        channel = None if self.link_address else insecure_channel(self.address, self._pool.grpc_metrics)
         try:
             while True:
-                # The Connect stream is timed here, not by a channel interceptor, so that its
-                # read()/write() stay the plain call's (no extra task per message).
-                start, code = time.perf_counter(), "UNKNOWN"
-                try:
-                    await self._session(channel)
-                    attempt, code = 0, "OK"
-                except aio.AioRpcError as e:
-                    code = e.code().name
-                    if e.code() != grpc.StatusCode.CANCELLED:
-                        log.info("router_stream_lost", router_id=self.router_id, code=e.code().name)
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                finally:
-                    self._disconnected()
-                    if self._pool.grpc_metrics is not None:
-                        self._pool.grpc_metrics.client_done(ROUTER_SERVICE, "Connect", code,
-                                                            time.perf_counter() - start)
-                attempt += 1
-                cap = min(self._pool.reconnect_max_s, 0.05 * 2 ** min(attempt, 8))
+                self._received = False
+                if channel is None:
+                    await self._link_session()
+                else:
+                    await self._grpc_session(channel)
+                attempt = 0 if self._received else attempt + 1
+                cap = min(self._pool.reconnect_max_s, 0.05 * 2 ** min(attempt + 1, 8))
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter
         finally:
-            await channel.close(None)
+            if channel is not None:
+                await channel.close(None)
 
-    async def _session(self, channel: aio.Channel) -> None:
-        stub = pb_grpc.RouterStub(channel)
-        call = stub.Connect(metadata=self._pool.metadata)  # type: ignore[call-arg]
-        await call.write(pb.EdgeMessage(hello=pb.Hello(edge_id=self._pool.edge_id)))
+    async def _link_session(self) -> None:
+        opts = self._pool.link
+        assert opts is not None and self.link_address is not None
+        host, _, port = self.link_address.rpartition(":")
+        conn: FrameProtocol | None = None
+        try:
+            async with asyncio.timeout(opts.idle_timeout_s):
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: FrameProtocol(max_frame_bytes=opts.max_frame_bytes, heartbeat=HEARTBEAT,
+                                          heartbeat_s=opts.heartbeat_s, idle_timeout_s=opts.idle_timeout_s),
+                    host.strip("[]"), int(port))
+            hello = pb.Hello(edge_id=self._pool.edge_id, token=self._pool.service_token)
+            await self._session(_FrameWire(conn), hello)
+        except LINK_LOST as e:
+            log.info("router_link_lost", router_id=self.router_id, error=str(e) or type(e).__name__)
+        finally:
+            self._disconnected()
+            if conn is not None:
+                conn.abort()
+
+    async def _grpc_session(self, channel: aio.Channel) -> None:
+        # The Connect stream is timed here, not by a channel interceptor, so that its
+        # read()/write() stay the plain call's (no extra task per message).
+        start, code = time.perf_counter(), "UNKNOWN"
+        call = pb_grpc.RouterStub(channel).Connect(metadata=self._pool.metadata)  # type: ignore[call-arg]
+        try:
+            await self._session(_GrpcWire(call), pb.Hello(edge_id=self._pool.edge_id))
+            code = "OK"
+        except aio.AioRpcError as e:
+            code = e.code().name
+            if e.code() != grpc.StatusCode.CANCELLED:
+                log.info("router_stream_lost", router_id=self.router_id, code=e.code().name)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            call.cancel()
+            self._disconnected()
+            if self._pool.grpc_metrics is not None:
+                self._pool.grpc_metrics.client_done(ROUTER_SERVICE, "Connect", code,
+                                                    time.perf_counter() - start)
+
+    async def _session(self, wire: _Wire, hello: pb.Hello) -> None:
+        await wire.send(pb.EdgeMessage(hello=hello))
         attached = self._pool.channels_on(self.router_id)
         if attached:
-            await call.write(pb.EdgeMessage(attach=pb.Attach(channels=attached)))
+            await wire.send(pb.EdgeMessage(attach=pb.Attach(channels=attached)))
         self._queue = asyncio.Queue(self._pool.queue_max)
         self.connected.set()
         if attached:
             self._pool.sink.resync(attached)
-        log.info("router_stream_open", router_id=self.router_id, channels=len(attached))
-        writer = asyncio.create_task(self._write(call))
+        log.info("router_stream_open", router_id=self.router_id, channels=len(attached),
+                 transport="grpc" if isinstance(wire, _GrpcWire) else "link")
+        writer = asyncio.create_task(self._write(wire))
         try:
-            while True:
-                message = await call.read()
-                if message is EOF:
-                    return
-                self._dispatch(message)  # type: ignore[arg-type]
+            while messages := await wire.receive():
+                self._received = True
+                for message in messages:
+                    self._dispatch(message)
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aio.AioRpcError):
-                await writer
-            call.cancel()
+            await cancel_and_wait(writer)
 
-    async def _write(self, call: aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+    async def _write(self, wire: _Wire) -> None:
         while True:
             first = await self._queue.get()
             if first is None:
                 return
             batch, _ = take_batch(self._queue, first, _size_of)
-            await call.write(batch[0] if len(batch) == 1 else pb.EdgeMessage(batch=pb.EdgeBatch(messages=batch)))
+            await wire.send(batch[0] if len(batch) == 1 else pb.EdgeMessage(batch=pb.EdgeBatch(messages=batch)))
 
     def _dispatch(self, message: pb.RouterMessage) -> None:
         if message.HasField("batch"):
@@ -202,10 +289,14 @@ def _size_of(message: pb.EdgeMessage) -> int:
 
 class RouterPool:
     def __init__(self, edge_id: str, *, service_token: str, queue_max: int, reconnect_max_s: float,
-                 publish_timeout_s: float, grpc_metrics: GrpcMetrics | None = None) -> None:
+                 publish_timeout_s: float, grpc_metrics: GrpcMetrics | None = None,
+                 link: LinkOptions | None = None) -> None:
+        """`link`: dial a router's stream link where it advertises one; None: gRPC Connect only."""
         self.edge_id = edge_id
         self.grpc_metrics = grpc_metrics
+        self.service_token = service_token
         self.metadata = credential_metadata(service_token)
+        self.link = link
         self.sink: DeliverySink = _NoSink()
         self.queue_max = queue_max
         self.reconnect_max_s = reconnect_max_s
@@ -222,18 +313,21 @@ class RouterPool:
 
     # ---- membership ------------------------------------------------------------------------
 
-    def set_routers(self, members: dict[str, str]) -> None:
-        """Open streams to new routers, close those to gone ones, move channels to new owners."""
+    def set_routers(self, members: dict[str, str], link_addresses: Mapping[str, str] = MappingProxyType({})) -> None:
+        """Open streams to new routers, close those to gone ones, move channels to new owners.
+        `link_addresses`: the routers' stream-link addresses (LINK_ROLE), used unless forced off."""
+        endpoints = {r: (address, link_addresses.get(r) if self.link is not None else None)
+                     for r, address in members.items()}
         for router_id in list(self.links):
             link = self.links[router_id]
-            if members.get(router_id) != link.address:
+            if endpoints.get(router_id) != link.endpoint:
                 del self.links[router_id]
                 task = asyncio.create_task(link.aclose())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-        for router_id, address in members.items():
+        for router_id, (address, link_address) in endpoints.items():
             if router_id not in self.links:
-                link = self.links[router_id] = RouterLink(self, router_id, address)
+                link = self.links[router_id] = RouterLink(self, router_id, address, link_address)
                 link.start()
         moved = 0
         for channel, current in list(self.assigned.items()):

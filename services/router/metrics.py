@@ -24,11 +24,17 @@ class RouterMetrics:
                                   registry=registry)
         self.fanout = Histogram("router_fanout_edges", "Edges one event is sent to",
                                 buckets=FANOUT_BUCKETS, registry=registry)
-        self.edges = Gauge("router_edges_connected", "Edges with an open Connect stream",
+        self.edges = Gauge("router_edges_connected", "Edges with an open Connect stream or stream link",
                            registry=registry)
         self.dropped_links = Counter("router_edge_links_dropped_total",
                                      "Edge streams closed because their queue overflowed",
                                      registry=registry)
+        self.links_refused = Counter("router_edge_links_refused_total",
+                                     "Edge stream links closed at their first frame: no hello "
+                                     "(reason=hello) or a wrong service token (reason=token)",
+                                     ["reason"], registry=registry)
+        for reason in ("hello", "token"):
+            self.links_refused.labels(reason)  # exported at 0 from the start
         self.append_seconds = Histogram("router_history_append_duration_seconds",
                                         "Batch append latency to history", buckets=FAST_BUCKETS,
                                         registry=registry)

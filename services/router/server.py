@@ -1,4 +1,4 @@
-"""The router process: gRPC server, lease, membership watchers, health."""
+"""The router process: gRPC server, edge link listener, lease, membership watchers, health."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from grpc import aio
 from prometheus_client import CollectorRegistry
 
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
-from services.common.grpc_tier import TierSpec, serving_tier
+from services.common.grpc_tier import SideListener, TierSpec, serving_tier
 from services.common.history_client import HistoryClient
-from services.common.membership import MemberWatcher
+from services.common.membership import LINK_ROLE, MemberWatcher
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore
 from services.common.store.factory import Backend, build_membership_store, open_backend
@@ -23,6 +23,7 @@ from services.history.metrics import HistoryMetrics
 from services.history.store.factory import build_stream_store, stream_limits
 from services.history.writer import StreamWriter
 from services.router.appender import BatchAppendClient, DirectAppends
+from services.router.link_server import LinkServer
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
 from services.router.publisher import Publisher
@@ -38,6 +39,7 @@ class RunningRouter:
     server: aio.Server
     port: int
     ownership: Ownership
+    link_port: int  # 0: stream links are off
 
 
 @contextlib.asynccontextmanager
@@ -67,9 +69,15 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
                               batch_max=settings.publish_batch_max,
                               pipeline_max=settings.router_link_queue_max, grpc_metrics=grpc_metrics)
 
+        servicer = RouterServicer(ownership, publisher, metrics,
+                                  link_queue_max=settings.router_link_queue_max)
+        side = None
+        if settings.link_port >= 0:  # the edges' stream links, next to the Connect stream
+            links = LinkServer(servicer, metrics, settings)
+            closing.push_async_callback(links.stop, 0.0)  # when serving never started
+            side = SideListener(LINK_ROLE, await links.start(), links.stop)
+
         def add_servicers(server: aio.Server) -> None:
-            servicer = RouterServicer(ownership, publisher, metrics,
-                                      link_queue_max=settings.router_link_queue_max)
             pb_grpc.add_RouterServicer_to_server(servicer, server)
 
         async def hand_over() -> None:
@@ -83,10 +91,10 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
         spec = TierSpec("router", SERVICE_NAME, add_servicers,
                         started=routers.start,  # know the ring before we report SERVING
                         stopping=ownership.drain,  # publishes reaching us now go to the others
-                        drain=hand_over, stop_grace_s=1.0)
+                        drain=hand_over, stop_grace_s=1.0, side=side)
         async with serving_tier(settings, spec, members=members, registry=registry,
                                 grpc_metrics=grpc_metrics) as tier:
-            yield RunningRouter(tier.server, tier.port, ownership)
+            yield RunningRouter(tier.server, tier.port, ownership, side.port if side else 0)
     log.info("router_stopped", node_id=settings.node_id)
 
 

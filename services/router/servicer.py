@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 import structlog
 from grpc import aio
@@ -18,6 +20,9 @@ from services.router.publisher import Publisher
 
 log = structlog.get_logger("switchboard.router")
 
+Receive = Callable[[], Awaitable[list[pb.EdgeMessage]]]
+Send = Callable[[pb.RouterMessage], Awaitable[None]]
+
 
 class RouterServicer(pb_grpc.RouterServicer):
     def __init__(self, ownership: Ownership, publisher: Publisher, metrics: RouterMetrics,
@@ -33,7 +38,20 @@ class RouterServicer(pb_grpc.RouterServicer):
         first = await context.read()
         if first is EOF or not first.HasField("hello") or not first.hello.edge_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
-        link = EdgeLink(first.hello.edge_id, self._link_queue_max)
+
+        async def receive() -> list[pb.EdgeMessage]:
+            message = await context.read()
+            return [] if message is EOF else [message]
+
+        await self.serve_edge(self.new_link(first.hello.edge_id), receive, context.write)
+
+    def new_link(self, edge_id: str) -> EdgeLink:
+        return EdgeLink(edge_id, self._link_queue_max)
+
+    async def serve_edge(self, link: EdgeLink, receive: Receive, send: Send) -> None:
+        """Serve one edge whose hello was accepted, over a Connect stream or a stream link:
+        `receive` gives the next messages ([] at the end), `send` writes one message. Returns when
+        either direction ends; the edge's attaches are dropped then."""
         previous = self._own.links.get(link.edge_id)
         if previous is not None:
             previous.close()  # a reconnecting edge replaces its old stream
@@ -42,7 +60,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         log.info("edge_connected", edge_id=link.edge_id)
         try:
             # One task reads upstream, one writes downstream; when either ends, the call ends.
-            await first_completed(self._read(link, context), self._write(link, context))
+            await first_completed(self._read(link, receive), self._write(link, send))
         finally:
             link.close()
             await self._own.drop_link(link)
@@ -51,20 +69,18 @@ class RouterServicer(pb_grpc.RouterServicer):
                 self._m.dropped_links.inc()
             log.info("edge_disconnected", edge_id=link.edge_id, overflowed=link.broken)
 
-    async def _read(self, link: EdgeLink, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
-        while True:
-            message = await context.read()
-            if message is EOF:
-                return
-            await self._handle(link, message)
+    async def _read(self, link: EdgeLink, receive: Receive) -> None:
+        while messages := await receive():
+            for message in messages:
+                await self._handle(link, message)
 
-    async def _write(self, link: EdgeLink, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
+    async def _write(self, link: EdgeLink, send: Send) -> None:
         while True:
             first = await link.queue.get()
             if first is None:
                 return  # overflow or replaced: end the call; the edge reconnects and repairs gaps
             batch, closed = take_batch(link.queue, first, _size_of)
-            await context.write(batch[0] if len(batch) == 1 else pb.RouterMessage(batch=pb.RouterBatch(messages=batch)))
+            await send(batch[0] if len(batch) == 1 else pb.RouterMessage(batch=pb.RouterBatch(messages=batch)))
             if closed:
                 return
 

@@ -38,7 +38,7 @@ CONTRACT = {
     "router_channels_owned", "router_routers_live", "router_ring_changes_total", "router_attaches_total",
     "router_detaches_total", "router_fanout_edges", "router_publish_duration_seconds", "router_publishes_total",
     "router_history_append_duration_seconds", "router_forwards_total", "router_deliveries_total",
-    "router_edges_connected", "router_edge_links_dropped_total",
+    "router_edges_connected", "router_edge_links_dropped_total", "router_edge_links_refused_total",
     "history_appends_total", "history_append_batch_size", "history_read_duration_seconds",
     "history_store_duration_seconds", "history_store_errors_total", "history_trimmed_events_total",
     "grpc_server_handled_total", "grpc_server_handling_seconds", "grpc_client_handled_total",

@@ -125,7 +125,8 @@ def test_exposed_ports_and_defaults_match_the_settings(stages: list[Stage]) -> N
     exposed = {int(p) for arg in final.all("EXPOSE") for p in arg.split()}
     env = dict(kv.split("=", 1) for arg in final.all("ENV") for kv in arg.split() if "=" in kv)
     assert int(env["SWITCHBOARD_PORT"]) == Settings.model_fields["port"].default
-    assert exposed == {int(env["SWITCHBOARD_PORT"]), int(env["SWITCHBOARD_METRICS_PORT"])}
+    assert exposed == {int(env["SWITCHBOARD_PORT"]), int(env["SWITCHBOARD_LINK_PORT"]),
+                       int(env["SWITCHBOARD_METRICS_PORT"])}
     assert env["SWITCHBOARD_HOST"] == "0.0.0.0"
     fields = {f"SWITCHBOARD_{n.upper()}" for n in Settings.model_fields}
     assert {k for k in env if k.startswith("SWITCHBOARD_")} <= fields

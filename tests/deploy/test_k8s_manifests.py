@@ -334,11 +334,14 @@ def test_ports_agree_with_the_settings_and_the_image(rendered: dict[str, list[Ma
     manifests = rendered[overlay]
     data = configmap(manifests)
     app_port, metrics_port = int(data["SWITCHBOARD_PORT"]), int(data["SWITCHBOARD_METRICS_PORT"])
-    assert {app_port, metrics_port} == _exposed_ports()
+    link_port = int(data["SWITCHBOARD_LINK_PORT"])
+    assert {app_port, link_port, metrics_port} == _exposed_ports()
     for tier, dep in deployments(manifests).items():
         c = container(dep)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         expected = {"http": app_port} if tier == "edge" else {"grpc": app_port, "metrics": metrics_port}
+        if tier == "router":
+            expected["link"] = link_port  # the edges' stream links
         assert ports == expected, tier
         svc = one(manifests, "Service", tier)
         for sp in svc["spec"]["ports"]:
@@ -415,6 +418,8 @@ def test_network_policies_isolate_every_tier(rendered: dict[str, list[Manifest]]
     edge = _allowed_sources(manifests, tier_labels["edge"], 8000)
     assert pod_peers(edge) == set() and namespaces(edge) == {"ingress-nginx", "monitoring"}
     assert pod_peers(_allowed_sources(manifests, tier_labels["router"], 8000)) == {"edge", "router"}
+    assert pod_peers(_allowed_sources(manifests, tier_labels["router"], 8001)) == {"edge"}  # links
+    assert pod_peers(_allowed_sources(manifests, tier_labels["history"], 8001)) == set()
     assert pod_peers(_allowed_sources(manifests, tier_labels["history"], 8000)) == {"edge", "router"}
     assert pod_peers(_allowed_sources(manifests, store_labels, 6379)) == {"edge", "router", "history"}
     assert namespaces(_allowed_sources(manifests, store_labels, 6379)) == set()

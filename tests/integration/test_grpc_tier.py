@@ -13,7 +13,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpc_tier import GrpcTier, TierSpec, serving_tier
+from services.common.grpc_tier import GrpcTier, SideListener, TierSpec, serving_tier
 from services.common.rpc import insecure_channel
 from services.common.settings import Settings
 from services.common.store.factory import build_membership_store, open_backend
@@ -120,3 +120,28 @@ async def test_a_failing_drain_still_stops_the_server_and_drops_the_lease(key_pr
         with pytest.raises(aio.AioRpcError) as stopped:
             await check(channel, "", tu)
         assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_side_listener_is_leased_around_the_tier_and_stops_with_the_server(key_prefix: str, tu: float) -> None:
+    """The router's edge-link listener: its address is leased before the tier's own lease (peers
+    that see the tier see it too), dropped after it, and the listener stops after the drain,
+    with the server's grace."""
+    settings = settings_for(key_prefix, tu)
+    leases = memory_backend(settings.store_url).members
+    seen: list[object] = []
+
+    async def started() -> None:
+        assert "tier-1" in leases["test-side"] and "tier-1" in leases["test"]
+
+    async def drain() -> None:
+        assert "tier-1" not in leases["test"] and "tier-1" not in leases["test-side"]
+        seen.append("drain")
+
+    async def stop(grace_s: float) -> None:
+        seen.append(("stop", grace_s))
+
+    spec = TierSpec("test", SERVICE, no_servicers, started=started, drain=drain, stop_grace_s=0.5,
+                    side=SideListener("test-side", 4321, stop))
+    async with tier_context(settings, spec):
+        assert leases["test-side"]["tier-1"][0] == "127.0.0.1:4321"
+    assert seen == ["drain", ("stop", 0.5)]

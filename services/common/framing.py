@@ -1,0 +1,195 @@
+"""Length-prefixed frames over TCP: the transport of the edge <-> router stream links.
+
+A frame is a 4-byte big-endian length and that many bytes (one serialized protobuf message).
+`FrameProtocol` is an `asyncio.Protocol`: it splits frames out of `data_received` buffers, with
+no task, coroutine or copy per frame beyond the frame itself, and writes each frame with one
+`transport.write`.
+
+Bounds and liveness, all without a task of their own (one timer handle per connection):
+- a frame longer than `max_frame_bytes` fails the connection (it is aborted, never buffered);
+- at most `inbox_max` frames wait for the reader; past that the socket stops being read
+  (`pause_reading`) until the reader has taken them, so a slow reader slows its peer down;
+- every `heartbeat_s` the protocol writes `heartbeat` (a message the reader ignores) if nothing
+  else was written meanwhile, and fails the connection when nothing at all was read for
+  `idle_timeout_s`: a dead or stalled peer is noticed within `idle_timeout_s + heartbeat_s`;
+- `drain` waits (bounded) while the transport's write buffer is over its high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+HEADER = struct.Struct(">I")
+
+
+class LinkClosedError(ConnectionError):
+    """The link failed: idle past its timeout, an oversize frame, a reset, or closed by us."""
+
+
+class FrameTooLargeError(LinkClosedError):
+    """The peer announced a frame longer than the maximum."""
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+class FrameProtocol(asyncio.Protocol):
+    def __init__(self, *, max_frame_bytes: int, heartbeat: bytes, heartbeat_s: float,
+                 idle_timeout_s: float, inbox_max: int = 1024,
+                 on_open: Callable[[FrameProtocol], None] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._max = max_frame_bytes
+        self._heartbeat = frame(heartbeat)
+        self._heartbeat_s = heartbeat_s
+        self._idle_ticks_max = max(1, round(idle_timeout_s / heartbeat_s))
+        self.idle_timeout_s = idle_timeout_s
+        self._inbox_max = inbox_max
+        self._on_open = on_open
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._inbox: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._read_since_tick = self._written_since_tick = False
+        self._idle_ticks = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._error: LinkClosedError | None = None
+        self._eof = False
+        self.peer = ""
+
+    # ---- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = self._transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._timer = self._loop.call_later(self._heartbeat_s, self._tick)
+        if self._on_open is not None:
+            self._on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._read_since_tick = True
+        buf = self._buf
+        buf += data
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > self._max:
+                self._fail(FrameTooLargeError(f"frame of {size} bytes over the {self._max} limit"))
+                return
+            if pos + 4 + size > end:
+                break
+            self._inbox.append(bytes(buf[pos + 4:pos + 4 + size]))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+            self._wake()
+            if len(self._inbox) >= self._inbox_max and not self._reading_paused:
+                self._reading_paused = True
+                self._transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._error is None and exc is not None:
+            self._error = LinkClosedError(f"connection lost: {exc}")
+        self._eof = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake()
+        self._resume_writers()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._resume_writers()
+
+    # ---- reader and writer -----------------------------------------------------------------
+
+    async def read_frames(self) -> list[bytes]:
+        """Every frame received and not yet read, waiting for at least one; [] once the peer
+        has closed cleanly. Raises LinkClosedError on a failed link."""
+        while not self._inbox:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return []
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frames = list(self._inbox)
+        self._inbox.clear()
+        if self._reading_paused and self._transport is not None and not self._eof:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return frames
+
+    def write(self, payload: bytes) -> None:
+        """Queue one frame (one transport write). Raises LinkClosedError once the link is down."""
+        if self._eof or self._transport is None or self._transport.is_closing():
+            raise self._error or LinkClosedError("link closed")
+        self._transport.write(HEADER.pack(len(payload)) + payload)
+        self._written_since_tick = True
+
+    async def drain(self) -> None:
+        """Wait while the write buffer is full, at most `idle_timeout_s`: a peer that does not
+        read for that long is as good as dead. Raises LinkClosedError or TimeoutError."""
+        if not self._writing_paused:
+            return
+        async with asyncio.timeout(self.idle_timeout_s):
+            while self._writing_paused and not self._eof:
+                if self._drained is None:
+                    self._drained = self._loop.create_future()
+                await asyncio.shield(self._drained)
+        if self._eof:
+            raise self._error or LinkClosedError("link closed")
+
+    def close(self) -> None:
+        """Close after what is written has been sent."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._idle_ticks = 0 if self._read_since_tick else self._idle_ticks + 1
+        self._read_since_tick = False
+        if self._idle_ticks >= self._idle_ticks_max:
+            self._fail(LinkClosedError(f"nothing read for {self.idle_timeout_s}s"))
+            return
+        if not self._written_since_tick and not self._writing_paused and self._transport is not None:
+            self._transport.write(self._heartbeat)
+        self._written_since_tick = False
+        self._timer = self._loop.call_later(self._heartbeat_s, self._tick)
+
+    def _fail(self, error: LinkClosedError) -> None:
+        if self._error is None:
+            self._error = error  # raised once the frames before the failure are read
+        self._wake()
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows on the next loop iteration
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _resume_writers(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
