@@ -13,6 +13,7 @@ No extension is negotiated: prepared frames are written as they are.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Sequence
 from typing import Protocol
@@ -42,26 +43,26 @@ class Disconnected(Exception):
         self.code = code
 
 
-class FrameWriter:
-    """Writes prepared frames to one connection's transport. A base class: the socket that owns
-    the transport says whether it is open and writable, and waits for room."""
+class FrameWriter(abc.ABC):
+    """Writes prepared frames to one connection's transport. An abstract base: the socket that
+    owns the transport says whether it is open and writable, and waits for room."""
 
     __slots__ = ()
     transport: asyncio.WriteTransport
 
     @property
+    @abc.abstractmethod
     def open(self) -> bool:
         """The handshake is done and no close frame was sent or received: data may be written."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def writable(self) -> bool:
         """Open, and the transport's buffer is below its high-water mark."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def wait_writable(self) -> None:
         """Wait until the transport's buffer is below its high-water mark, or the socket is gone."""
-        raise NotImplementedError
 
     @property
     def buffered(self) -> int:

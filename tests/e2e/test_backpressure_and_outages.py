@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import httpx
 import websockets
@@ -78,23 +79,24 @@ async def _ready(port: int) -> tuple[int, dict]:
         return r.status_code, r.json()
 
 
-async def _wait_history(port: int, up: bool, timeout_s: float) -> dict:
-    """The readiness body once it reports history as `up`."""
-    deadline = time.monotonic() + timeout_s
-    while (body := (await _ready(port))[1])["history"] is not up:
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.2)
-    return body
-
-
-async def _wait_ready(port: int, want: int, timeout_s: float) -> dict:
+async def _wait_readiness(port: int, until: Callable[[int, dict], bool], timeout_s: float) -> dict:
+    """The readiness body once `until(status, body)` holds."""
     deadline = time.monotonic() + timeout_s
     while True:
         status, body = await _ready(port)
-        if status == want:
+        if until(status, body):
             return body
         assert time.monotonic() < deadline, body
         await asyncio.sleep(0.2)
+
+
+async def _wait_history(port: int, up: bool, timeout_s: float) -> dict:
+    """The readiness body once it reports history as `up`."""
+    return await _wait_readiness(port, lambda _, body: body["history"] is up, timeout_s)
+
+
+async def _wait_ready(port: int, want: int, timeout_s: float) -> dict:
+    return await _wait_readiness(port, lambda status, _: status == want, timeout_s)
 
 
 async def test_history_outage_fails_publishes_clearly_then_heals(make_cluster, clients, sid, tu) -> None:
