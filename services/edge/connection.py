@@ -397,7 +397,7 @@ class Connection:
                 new.append(channel)
             if channel not in ok:
                 ok.append(channel)
-        states = await asyncio.gather(*(self.ctx.hub.subscribe(self, c) for c in new))
+        states = await self.ctx.hub.subscribe(self, new) if new else []
         for channel, state in zip(new, states, strict=True):
             self.offsets.setdefault(channel, state.sync.offset)
         self._presence_join(new)

@@ -10,7 +10,7 @@ in `catchup.py`; this module does the I/O (history reads, repair tasks, metrics,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,24 +65,37 @@ class Hub:
         self.channels: dict[str, ChannelState] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def subscribe(self, sub: Subscriber, channel: str) -> ChannelState:
-        """Add a subscriber; the first one of a channel attaches it to its owner router and
-        every later one waits for that, so a subscription is live when this returns."""
-        state = self.channels.get(channel)
-        if state is None:
-            state = self.channels[channel] = ChannelState(ChannelSync(channel, self._pending_max))
-            state.attached = asyncio.get_running_loop().create_future()
+    async def subscribe(self, sub: Subscriber, channels: Sequence[str]) -> list[ChannelState]:
+        """Add a subscriber to channels. The first subscriber of a channel attaches it to its
+        owner router; this returns once every channel is live (attached), so events appended
+        from then on reach the subscriber. A channel whose attach times out (no router up) is
+        attached when its owner's stream opens, and later subscribers no longer wait for it.
+        Channels already live cost no wait at all (a connection storm mostly subscribes those)."""
+        states: list[ChannelState] = []
+        attaching: list[ChannelState] = []
+        for channel in channels:
+            state = self.channels.get(channel)
+            if state is None:
+                state = self.channels[channel] = ChannelState(
+                    ChannelSync(channel, self._pending_max), attached=self._pool.attach_soon(channel))
             state.subscribers.add(sub)
-            ok = await self._pool.attach(channel, self._attach_timeout_s)
-            if not ok:
-                log.warning("attach_timeout", channel=channel)
-            if not state.attached.done():
-                state.attached.set_result(None)
-            return state
-        state.subscribers.add(sub)
-        if state.attached is not None and not state.attached.done():
-            await asyncio.shield(state.attached)
-        return state
+            if state.attached is not None:
+                attaching.append(state)
+            states.append(state)
+        if attaching:
+            await self._wait_attached(attaching)
+        return states
+
+    async def _wait_attached(self, states: list[ChannelState]) -> None:
+        futures = {s.attached for s in states if s.attached is not None}
+        if futures:
+            _, late = await asyncio.wait(futures, timeout=self._attach_timeout_s)
+        else:
+            late = set()
+        for state in states:
+            if state.attached is not None and state.attached in late:
+                log.warning("attach_timeout", channel=state.sync.channel)
+            state.attached = None  # live, or given up on: later subscribers do not wait
 
     def unsubscribe(self, sub: Subscriber, channels: Iterable[str]) -> None:
         for channel in channels:
@@ -92,9 +105,7 @@ class Hub:
             state.subscribers.discard(sub)
             if not state.subscribers and self.channels.get(channel) is state:
                 del self.channels[channel]
-                self._pool.detach(channel)
-                if state.attached is not None and not state.attached.done():
-                    state.attached.set_result(None)
+                self._pool.detach(channel)  # also ends the attach's wait, if any
 
     def on_delivery(self, d: Delivery) -> None:
         self._m.deliveries.inc()

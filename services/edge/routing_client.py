@@ -357,17 +357,22 @@ class RouterPool:
 
     # ---- channels --------------------------------------------------------------------------
 
-    async def attach(self, channel: str, timeout_s: float) -> bool:
-        """Attach the channel to its owner and wait until the owner holds it, so that every event
-        appended from then on reaches this edge. False on timeout (no router up): the channel
-        stays assigned and is attached as soon as its owner's stream opens."""
+    def attach_soon(self, channel: str) -> asyncio.Future[None]:
+        """Attach the channel to its owner; the future completes once the owner holds it, so
+        that every event appended from then on reaches this edge. With no router up the channel
+        stays assigned and is attached (and the future completed) when its owner's stream opens;
+        a detach cancels the future. Attaches sent in one loop iteration travel as one batch."""
         owner = owner_of(channel, self.links)
         self.assigned[channel] = owner or ""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._attach_waiters.setdefault(channel, [])
-        waiters.append(fut)
+        self._attach_waiters.setdefault(channel, []).append(fut)
         if owner is not None:
             self.links[owner].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel])))
+        return fut
+
+    async def attach(self, channel: str, timeout_s: float) -> bool:
+        """attach_soon, then wait for it: False on timeout (the channel stays assigned)."""
+        fut = self.attach_soon(channel)
         try:
             async with asyncio.timeout(timeout_s):
                 await fut
@@ -375,6 +380,7 @@ class RouterPool:
         except TimeoutError:
             return False
         finally:
+            waiters = self._attach_waiters.get(channel, [])
             if fut in waiters:
                 waiters.remove(fut)
             if not waiters:
@@ -387,6 +393,8 @@ class RouterPool:
                     fut.set_result(None)
 
     def detach(self, channel: str) -> None:
+        for fut in self._attach_waiters.pop(channel, ()):
+            fut.cancel()
         router_id = self.assigned.pop(channel, None)
         link = self.links.get(router_id or "")
         if link is not None:

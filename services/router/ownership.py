@@ -33,6 +33,8 @@ class Ownership:
         self._owners: dict[str, str] = {}  # channel -> owner in the current router set
         self._store = store
         self._refresh_s = refresh_s
+        self._loading: dict[str, asyncio.Future[set[str] | None]] = {}  # channel -> its pending load
+        self._batch: list[str] = []  # channels to load in the next store round trip
 
     def set_routers(self, routers: set[str]) -> None:
         self._members = set(routers)
@@ -65,13 +67,19 @@ class Ownership:
             cached = self._stored.get(channel)
             if cached is not None:
                 cached[1].add(link.edge_id)
-        await self._store_each(self._store.add_edge, link.edge_id, channels)
+        try:
+            await self._store.add_edge(link.edge_id, channels)
+        except StoreError as e:  # takeovers fall back to the edges' re-attach (one membership poll)
+            log.warning("ownership_store_failed", op="add", channels=len(channels), error=str(e))
 
     async def detach(self, link: EdgeLink, channels: list[str]) -> None:
         for channel in channels:
             self._drop(channel, link.edge_id)
             link.channels.discard(channel)
-        await self._store_each(self._store.remove_edge, link.edge_id, channels)
+        try:
+            await self._store.remove_edge(link.edge_id, channels)
+        except StoreError as e:  # the set expires ttl_s after its last add
+            log.warning("ownership_store_failed", op="remove", channels=len(channels), error=str(e))
 
     async def drop_link(self, link: EdgeLink) -> None:
         if self.links.get(link.edge_id) is link:
@@ -96,10 +104,8 @@ class Ownership:
         now = time.monotonic()
         cached = self._stored.get(channel)
         if cached is None or now - cached[0] > self._refresh_s:
-            try:
-                stored = await self._store.edges_of(channel)
-            except StoreError as e:
-                log.warning("ownership_load_failed", channel=channel, error=str(e))
+            stored = await self._load(channel)
+            if stored is None:
                 stored = cached[1] if cached else set()
             if len(self._stored) > 100_000:  # bound the cache; it only saves store reads
                 self._stored.clear()
@@ -107,12 +113,31 @@ class Ownership:
         edges |= cached[1]
         return [link for e in edges if (link := self.links.get(e)) is not None and not link.broken]
 
-    async def _store_each(self, op: object, edge_id: str, channels: list[str]) -> None:
-        # Concurrently: a batch of attaches costs about one store round trip (the pool bounds it).
-        results = await asyncio.gather(*(op(channel, edge_id) for channel in channels),  # type: ignore[operator]
-                                       return_exceptions=True)
-        for channel, result in zip(channels, results, strict=True):
-            if isinstance(result, StoreError):
-                log.warning("ownership_store_failed", channel=channel, error=str(result))
-            elif isinstance(result, BaseException):
-                raise result
+    async def _load(self, channel: str) -> set[str] | None:
+        """The channel's stored edge set; None if the store failed. Loads asked for in one loop
+        iteration share one store round trip, and concurrent loads of a channel share one read
+        (a storm's first publishes would otherwise open a pooled connection each)."""
+        fut = self._loading.get(channel)
+        if fut is None:
+            fut = self._loading[channel] = asyncio.get_running_loop().create_future()
+            self._batch.append(channel)
+            if len(self._batch) == 1:
+                await self._load_batch()
+        return await asyncio.shield(fut)
+
+    async def _load_batch(self) -> None:
+        batch: list[str] = []
+        loaded: list[set[str]] | None = None
+        try:
+            await asyncio.sleep(0)  # let the other loads of this iteration join
+            batch, self._batch = self._batch, []
+            loaded = await self._store.edges_of_many(batch)
+        except StoreError as e:
+            log.warning("ownership_load_failed", channels=len(batch), error=str(e))
+        finally:
+            if not batch:  # cancelled before taking the batch: the next load takes it
+                batch, self._batch = self._batch, []
+            for i, c in enumerate(batch):
+                fut = self._loading.pop(c, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(loaded[i] if loaded is not None else None)

@@ -41,26 +41,36 @@ CHANNEL = "session:s1"
 
 
 class FakeRouterPool:
-    """The part of RouterPool the hub uses: attach (acknowledged at once, or when released) and detach."""
+    """The part of RouterPool the hub uses: attach_soon (acknowledged at once, or when released)
+    and detach (which cancels an attach still waiting)."""
 
     def __init__(self) -> None:
         self.attaches: list[str] = []
         self.detaches: list[str] = []
-        self.ack = True
-        self.release = asyncio.Event()
-        self.release.set()
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.released = True
 
-    async def attach(self, channel: str, timeout_s: float) -> bool:
+    def attach_soon(self, channel: str) -> asyncio.Future[None]:
         self.attaches.append(channel)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.release.wait()
-        except TimeoutError:
-            return False
-        return self.ack
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.released:
+            fut.set_result(None)
+        else:
+            self.waiting[channel] = fut
+        return fut
+
+    def release(self) -> None:
+        self.released = True
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_result(None)
+        self.waiting.clear()
 
     def detach(self, channel: str) -> None:
         self.detaches.append(channel)
+        fut = self.waiting.pop(channel, None)
+        if fut is not None:
+            fut.cancel()
 
 
 @dataclass(eq=False)
@@ -210,7 +220,7 @@ async def make_rig(key_prefix: str, tu: float) -> AsyncIterator[MakeRig]:
 
 async def subscribed(rig: Rig, channel: str = CHANNEL) -> RecordingSubscriber:
     sub = RecordingSubscriber()
-    await rig.hub.subscribe(sub, channel)
+    await rig.hub.subscribe(sub, [channel])
     return sub
 
 
@@ -220,8 +230,8 @@ async def subscribed(rig: Rig, channel: str = CHANNEL) -> RecordingSubscriber:
 async def test_first_subscriber_attaches_last_one_detaches(make_rig: MakeRig) -> None:
     rig = await make_rig()
     a, b = RecordingSubscriber(), RecordingSubscriber()
-    await rig.hub.subscribe(a, CHANNEL)
-    await rig.hub.subscribe(b, CHANNEL)
+    await rig.hub.subscribe(a, [CHANNEL])
+    await rig.hub.subscribe(b, [CHANNEL])
     assert rig.pool.attaches == [CHANNEL]
     rig.hub.unsubscribe(a, [CHANNEL])
     assert rig.pool.detaches == []
@@ -236,13 +246,13 @@ async def test_first_subscriber_attaches_last_one_detaches(make_rig: MakeRig) ->
 
 async def test_later_subscriber_waits_for_the_attach(make_rig: MakeRig, tu: float) -> None:
     rig = await make_rig()
-    rig.pool.release.clear()
-    first = asyncio.create_task(rig.hub.subscribe(RecordingSubscriber(), CHANNEL))
+    rig.pool.released = False
+    first = asyncio.create_task(rig.hub.subscribe(RecordingSubscriber(), [CHANNEL]))
     await asyncio.sleep(0.02 * tu)
-    second = asyncio.create_task(rig.hub.subscribe(RecordingSubscriber(), CHANNEL))
+    second = asyncio.create_task(rig.hub.subscribe(RecordingSubscriber(), [CHANNEL]))
     await asyncio.sleep(0.05 * tu)
     assert not first.done() and not second.done()
-    rig.pool.release.set()
+    rig.pool.release()
     async with asyncio.timeout(1.0 * tu):
         await asyncio.gather(first, second)
     assert rig.pool.attaches == [CHANNEL]
@@ -250,11 +260,46 @@ async def test_later_subscriber_waits_for_the_attach(make_rig: MakeRig, tu: floa
 
 async def test_subscribe_returns_when_the_attach_times_out(make_rig: MakeRig, tu: float) -> None:
     rig = await make_rig()
-    rig.pool.release.clear()  # no router acknowledges: the attach times out after 1 tu
+    rig.pool.released = False  # no router acknowledges: the attach times out after 1 tu
     sub = RecordingSubscriber()
     async with asyncio.timeout(3.0 * tu):
-        await rig.hub.subscribe(sub, CHANNEL)
+        await rig.hub.subscribe(sub, [CHANNEL])
     assert sub in rig.hub.channels[CHANNEL].subscribers
+
+    # While no router is up, the next connections are not held for another timeout each.
+    started = asyncio.get_running_loop().time()
+    await rig.hub.subscribe(RecordingSubscriber(), [CHANNEL])
+    assert asyncio.get_running_loop().time() - started < 0.5 * tu
+    assert rig.pool.attaches == [CHANNEL]
+
+
+async def test_one_subscribe_waits_for_all_its_channels_at_once(make_rig: MakeRig, tu: float) -> None:
+    rig = await make_rig()
+    live = await subscribed(rig, "session:live")
+    rig.pool.released = False
+    sub = RecordingSubscriber()
+    task = asyncio.create_task(rig.hub.subscribe(sub, ["session:live", CHANNEL, "user:u1"]))
+    await asyncio.sleep(0.1 * tu)
+    assert not task.done()  # two channels are still attaching
+    rig.pool.release()
+    async with asyncio.timeout(1.0 * tu):
+        states = await task
+    assert [st.sync.channel for st in states] == ["session:live", CHANNEL, "user:u1"]
+    assert rig.pool.attaches == ["session:live", CHANNEL, "user:u1"]
+    assert all(sub in st.subscribers for st in states)
+    assert live in rig.hub.channels["session:live"].subscribers
+
+
+async def test_leaving_while_attaching_detaches_and_ends_the_wait(make_rig: MakeRig, tu: float) -> None:
+    rig = await make_rig()
+    rig.pool.released = False
+    sub = RecordingSubscriber()
+    task = asyncio.create_task(rig.hub.subscribe(sub, [CHANNEL]))
+    await asyncio.sleep(0.05 * tu)
+    rig.hub.unsubscribe(sub, [CHANNEL])
+    async with asyncio.timeout(0.5 * tu):
+        await task
+    assert rig.pool.detaches == [CHANNEL] and CHANNEL not in rig.hub.channels
 
 
 # ---- in order, duplicates, ephemeral ---------------------------------------------------------

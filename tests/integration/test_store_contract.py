@@ -17,6 +17,7 @@ import pytest
 from services.common.settings import Settings
 from services.common.store.base import StoreBusyError, StoreUnavailableError
 from services.common.store.factory import Backend, build_membership_store, open_backend
+from services.edge.store.factory import build_presence_store
 from services.history.store.base import AppendResult, NewEvent, ReadResult, StreamLimits, StreamStore
 from services.history.store.factory import build_stream_store
 from services.router.store.factory import build_ownership_store
@@ -141,7 +142,7 @@ async def test_stores_opened_on_the_same_url_share_state(backend: Backend, tu: f
     twin = open_backend(settings_for(backend.url, backend.keys.prefix, tu))
     try:
         await build_membership_store(backend).register("edge", "e1", "a1", 30.0)
-        await build_ownership_store(backend, ttl_s=60.0).add_edge("session:s1", "e1")
+        await build_ownership_store(backend, ttl_s=60.0).add_edge("e1", ["session:s1"])
         await build_stream_store(backend, LIMITS).append("session:s1", [ev("m1")], new_epoch="E")
 
         assert await build_membership_store(twin).members("edge") == {"e1": "a1"}
@@ -161,28 +162,46 @@ async def test_edges_of_unknown_channel_is_empty(backend: Backend) -> None:
 
 async def test_add_edge_is_idempotent_and_per_channel(backend: Backend) -> None:
     store = build_ownership_store(backend, ttl_s=60.0)
-    await store.add_edge("session:a", "e1")
-    await store.add_edge("session:a", "e1")
-    await store.add_edge("session:a", "e2")
-    await store.add_edge("user:u1", "e3")
+    await store.add_edge("e1", ["session:a"])
+    await store.add_edge("e1", ["session:a"])
+    await store.add_edge("e2", ["session:a"])
+    await store.add_edge("e3", ["user:u1"])
 
     assert await store.edges_of("session:a") == {"e1", "e2"}
     assert await store.edges_of("user:u1") == {"e3"}
 
 
+async def test_ownership_batches_cover_every_channel(backend: Backend) -> None:
+    """A re-attach sends every channel of an edge at once: all are written, in any batch size."""
+    store = build_ownership_store(backend, ttl_s=60.0)
+    channels = [f"session:s{i}" for i in range(1234)]
+    await store.add_edge("e1", channels)
+    await store.add_edge("e2", channels[:3])
+    await store.add_edge("e2", [])
+
+    assert await store.edges_of("session:s0") == {"e1", "e2"}
+    assert await store.edges_of("session:s1233") == {"e1"}
+    await store.remove_edge("e1", channels[1:])
+    assert await store.edges_of("session:s0") == {"e1", "e2"}
+    assert await store.edges_of("session:s1") == {"e2"}
+    assert await store.edges_of("session:s1233") == set()
+    many = await store.edges_of_many([*channels[:2], "session:never", *channels[2:]])
+    assert many[:3] == [{"e1", "e2"}, {"e2"}, set()] and len(many) == 1235
+
+
 async def test_remove_edge_is_idempotent(backend: Backend) -> None:
     store = build_ownership_store(backend, ttl_s=60.0)
-    await store.add_edge("session:a", "e1")
-    await store.add_edge("session:a", "e2")
+    await store.add_edge("e1", ["session:a"])
+    await store.add_edge("e2", ["session:a"])
 
-    await store.remove_edge("session:a", "e1")
-    await store.remove_edge("session:a", "e1")
-    await store.remove_edge("session:never", "e1")
+    await store.remove_edge("e1", ["session:a"])
+    await store.remove_edge("e1", ["session:a"])
+    await store.remove_edge("e1", ["session:never"])
     assert await store.edges_of("session:a") == {"e2"}
 
-    await store.remove_edge("session:a", "e2")
+    await store.remove_edge("e2", ["session:a"])
     assert await store.edges_of("session:a") == set()
-    await store.add_edge("session:a", "e1")  # an emptied channel can be owned again
+    await store.add_edge("e1", ["session:a"])  # an emptied channel can be owned again
     assert await store.edges_of("session:a") == {"e1"}
 
 
@@ -396,9 +415,10 @@ async def store_calls(backend: Backend) -> dict[str, Callable[[], Awaitable[obje
         "deregister": lambda: members.deregister("router", "r1"),
         "members": lambda: members.members("router"),
         "ping": members.ping,
-        "add_edge": lambda: owners.add_edge("session:s", "e1"),
-        "remove_edge": lambda: owners.remove_edge("session:s", "e1"),
+        "add_edge": lambda: owners.add_edge("e1", ["session:s"]),
+        "remove_edge": lambda: owners.remove_edge("e1", ["session:s"]),
         "edges_of": lambda: owners.edges_of("session:s"),
+        "edges_of_many": lambda: owners.edges_of_many(["session:s", "session:t"]),
         "append": lambda: streams.append("session:s", [ev("a")], new_epoch="E"),
         "append_many": lambda: streams.append_many([("session:s", [ev("a")])], new_epoch="E"),
         "read": lambda: streams.read("session:s", 0, 10),
@@ -446,6 +466,30 @@ async def test_dragonfly_append_many_survives_a_store_that_forgot_its_scripts(
         results = await store.append_many([("session:x", [ev("x2")]), ("session:y", [ev("y2")])],
                                           new_epoch="E")
         assert [r.offsets for r in results if isinstance(r, AppendResult)] == [[2], [2]]
+    finally:
+        await lose_data(backend)
+        await backend.aclose()
+
+
+async def test_dragonfly_batched_scripts_survive_a_store_that_forgot_them(
+    redis_server: RedisServer, key_prefix: str, tu: float,
+) -> None:
+    """Ownership and presence batches run their scripts by hash in a pipeline: after the store
+    forgot its scripts, the next batch loads the script and is applied, not failed."""
+    backend = open_backend(settings_for(redis_server.url, key_prefix, tu))
+    try:
+        owners = build_ownership_store(backend, ttl_s=60.0)
+        presence = build_presence_store(backend)
+        await owners.add_edge("e1", ["session:a"])
+        await presence.update("e1", {"session:a": {"u1": 1}}, 30.0)
+        await backend.redis.script_flush()
+
+        await owners.add_edge("e2", ["session:a", "session:b"])
+        changes = await presence.update("e1", {"session:a": {"u2": 1}, "session:b": {"u1": 1}}, 30.0)
+
+        assert await owners.edges_of("session:a") == {"e1", "e2"}
+        assert await owners.edges_of("session:b") == {"e2"}
+        assert {c: ch.joined for c, ch in changes.items()} == {"session:a": ("u2",), "session:b": ("u1",)}
     finally:
         await lose_data(backend)
         await backend.aclose()
@@ -514,7 +558,7 @@ async def test_dragonfly_keys_carry_prefix_and_channel_hash_tag(
         await build_stream_store(backend, LIMITS).append(
             "session:s1", [ev("a"), ev("b")], new_epoch="E",
         )
-        await build_ownership_store(backend, ttl_s=60.0).add_edge("session:s1", "e1")
+        await build_ownership_store(backend, ttl_s=60.0).add_edge("e1", ["session:s1"])
         await build_membership_store(backend).register("router", "r1", "a1", 30.0)
 
         keys = sorted([k.decode() async for k in backend.redis.scan_iter(match=f"{key_prefix}:*")])

@@ -4,11 +4,16 @@ router drains."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from services.common.sharding import owner_of
-from services.common.store.base import Keys
+from services.common.store.base import Keys, StoreUnavailableError
 from services.common.store.factory import Backend
 from services.common.store.memory import memory_backend
+from services.router.links import EdgeLink
 from services.router.ownership import Ownership
+from services.router.store.base import OwnershipStore
 from services.router.store.factory import build_ownership_store
 
 
@@ -37,3 +42,61 @@ def test_owners_follow_the_router_set_and_drain(key_prefix: str) -> None:
     own.drain()  # a draining router owns nothing while another router is live
     assert not any(own.owns(c) for c in channels)
     assert {own.owner(c) for c in channels} == {"r2"}
+
+
+class CountingStore:
+    """The in-memory ownership store, counting the batched reads (and failing them on demand)."""
+
+    def __init__(self, inner: OwnershipStore) -> None:
+        self.inner = inner
+        self.reads: list[list[str]] = []
+        self.down = False
+
+    async def add_edge(self, edge_id: str, channels: Sequence[str]) -> None:
+        await self.inner.add_edge(edge_id, channels)
+
+    async def remove_edge(self, edge_id: str, channels: Sequence[str]) -> None:
+        await self.inner.remove_edge(edge_id, channels)
+
+    async def edges_of(self, channel: str) -> set[str]:
+        return (await self.edges_of_many([channel]))[0]
+
+    async def edges_of_many(self, channels: Sequence[str]) -> list[set[str]]:
+        self.reads.append(list(channels))
+        if self.down:
+            raise StoreUnavailableError("store unavailable: test")
+        return await self.inner.edges_of_many(channels)
+
+
+def counted(node_id: str, key_prefix: str) -> tuple[Ownership, CountingStore]:
+    url = f"memory://{key_prefix}"
+    backend = Backend(url, Keys(key_prefix), memory=memory_backend(url))
+    store = CountingStore(build_ownership_store(backend, 60.0))
+    return Ownership(node_id, store, refresh_s=60.0), store
+
+
+async def test_concurrent_target_lookups_share_one_store_round_trip(key_prefix: str) -> None:
+    """A storm's first publishes on many channels read the stored edge sets together."""
+    own, store = counted("r2", key_prefix)
+    channels = [f"session:s{i}" for i in range(50)]
+    await store.add_edge("e-old", channels)  # attached to a previous owner
+    for edge_id in ("e-old", "e-new"):
+        own.links[edge_id] = EdgeLink(edge_id, 10)
+    await own.attach(own.links["e-new"], channels[:1])
+
+    found = await asyncio.gather(*(own.targets(c) for c in channels), *(own.targets(c) for c in channels))
+
+    assert store.reads == [channels]  # one batch, each channel once
+    assert {link.edge_id for link in found[0]} == {"e-old", "e-new"}
+    assert all({link.edge_id for link in f} == {"e-old"} for f in found[1:50])
+    await own.targets(channels[7])  # cached: no read
+    assert len(store.reads) == 1
+
+
+async def test_a_failed_load_keeps_the_attached_edges(key_prefix: str) -> None:
+    own, store = counted("r1", key_prefix)
+    own.links["e1"] = EdgeLink("e1", 10)
+    await own.attach(own.links["e1"], ["session:a"])
+    store.down = True
+    assert [link.edge_id for link in await own.targets("session:a")] == ["e1"]
+    assert store.reads == [["session:a"]]

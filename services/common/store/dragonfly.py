@@ -8,14 +8,14 @@ connection and timeout errors become StoreUnavailableError.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.store.base import (
@@ -84,6 +84,30 @@ def store_error(e: Exception) -> StoreError:
 
 def load_script(client: aioredis.Redis, path: Path) -> Any:
     return client.register_script(path.read_text())
+
+
+async def evalsha_many(client: aioredis.Redis, script: Any,
+                       calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+    """Run a registered script once per (keys, args) in one pipeline: one round trip.
+
+    Not a transaction: each script call is atomic on its own, and the calls' keys may live on
+    different shards. EVALSHA directly (a Script object in a pipeline asks SCRIPT EXISTS on
+    every execute); if the store lost its scripts, load it and run the batch again, so the
+    calls must be idempotent. Per-call errors are returned, not raised."""
+    replies = await _evalsha_pipeline(client, script.sha, calls)
+    if any(isinstance(r, NoScriptError) for r in replies):
+        await client.script_load(script.script)
+        replies = await _evalsha_pipeline(client, script.sha, calls)
+    return replies
+
+
+async def _evalsha_pipeline(client: aioredis.Redis, sha: str,
+                            calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
 
 
 class DragonflyMembershipStore:

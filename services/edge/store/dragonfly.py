@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.common.store.base import Keys
-from services.common.store.dragonfly import load_script, translate_errors
+from services.common.store.dragonfly import evalsha_many, load_script, translate_errors
 from services.edge.store.base import PresenceChange, PresenceSnapshot
 
 LUA = Path(__file__).parent / "lua"
@@ -44,11 +44,11 @@ class DragonflyPresenceStore:
         if not counts:
             return {}
         channels = list(counts)
-        async with self._r.pipeline(transaction=False) as p:
-            for channel in channels:
-                await self._update(keys=self._k(channel), client=p,
-                                   args=self._args(node_id, ttl_s, counts[channel], False))
-            raw = await p.execute()
+        raw = await evalsha_many(self._r, self._update, [
+            (self._k(c), self._args(node_id, ttl_s, counts[c], False)) for c in channels])
+        for reply in raw:
+            if isinstance(reply, Exception):
+                raise reply  # translate_errors makes it a StoreError
         return {c: _presence_change(r)[0] for c, r in zip(channels, raw, strict=True)}
 
     @translate_errors

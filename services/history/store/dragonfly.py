@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from services.common.store.base import Keys, StoreError
-from services.common.store.dragonfly import load_script, store_error, translate_errors
+from services.common.store.dragonfly import evalsha_many, load_script, store_error, translate_errors
 from services.history.store.base import (
     AppendResult,
     NewEvent,
@@ -59,21 +58,8 @@ class DragonflyStreamStore:
         if len(calls) == 1:  # a pipeline of one costs more than the call
             keys, args = calls[0]
             return [_append_result(await self._append(keys=keys, args=args))]
-        replies = await self._evalsha_many(calls)
-        if any(isinstance(r, NoScriptError) for r in replies):  # the store lost its scripts
-            await self._r.script_load(self._append.script)
-            replies = await self._evalsha_many(calls)  # idempotent by event id
+        replies = await evalsha_many(self._r, self._append, calls)  # idempotent by event id
         return [store_error(r) if isinstance(r, Exception) else _append_result(r) for r in replies]
-
-    async def _evalsha_many(self, calls: list[tuple[list[str], list[str | bytes | int]]]) -> list[Any]:
-        # One pipeline (not a transaction: each script is atomic on its own, and the channels'
-        # keys may live on different shards): one round trip for every channel of the batch.
-        # EVALSHA directly: a Script object in a pipeline asks SCRIPT EXISTS on every execute.
-        async with self._r.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
 
     @translate_errors
     async def read(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.common.store.memory import MemoryBackend, check
 
 
@@ -10,18 +12,24 @@ class InMemoryOwnershipStore:
         self._b = backend
         self._edges: dict[str, set[str]] = backend.data.setdefault("channel_edges", {})
 
-    async def add_edge(self, channel: str, edge_id: str) -> None:
+    async def add_edge(self, edge_id: str, channels: Sequence[str]) -> None:
         check(self._b)
-        self._edges.setdefault(channel, set()).add(edge_id)
+        for channel in channels:
+            self._edges.setdefault(channel, set()).add(edge_id)
 
-    async def remove_edge(self, channel: str, edge_id: str) -> None:
+    async def remove_edge(self, edge_id: str, channels: Sequence[str]) -> None:
         check(self._b)
-        edges = self._edges.get(channel)
-        if edges is not None:
-            edges.discard(edge_id)
-            if not edges:
-                del self._edges[channel]
+        for channel in channels:
+            edges = self._edges.get(channel)
+            if edges is not None:
+                edges.discard(edge_id)
+                if not edges:
+                    del self._edges[channel]
 
     async def edges_of(self, channel: str) -> set[str]:
         check(self._b)
         return set(self._edges.get(channel, ()))
+
+    async def edges_of_many(self, channels: Sequence[str]) -> list[set[str]]:
+        check(self._b)
+        return [set(self._edges.get(c, ())) for c in channels]
