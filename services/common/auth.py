@@ -3,12 +3,18 @@
 A token is HS256-signed with the shared secret. Claims: `sub` (the user id), `sessions`
 (the chat sessions the user may join), `scope` (space-separated or a list; `publish`
 allows the HTTP publish API), `exp`. Verification never logs the token.
+
+A verified token is remembered (bounded LRU, like Envoy's JWT cache): the same token again (a
+reconnect, another tab, a storm of reconnects to the same edge) costs a dictionary look-up and
+its expiry check instead of a signature and claims check. Only successful verifications are
+kept; time only moves forward, so of the time claims only `exp` can turn a cached token invalid.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -59,22 +65,44 @@ def normalize_channel(name: str) -> str | None:
     return f"{kind}:{ident}"
 
 
+LEEWAY_S = 5
+
+
 class TokenVerifier:
-    def __init__(self, secret: str, algorithm: str = "HS256", *, allow_any_session: bool = False):
+    def __init__(self, secret: str, algorithm: str = "HS256", *, allow_any_session: bool = False,
+                 cache_size: int = 10_000):
         if not secret:
             raise ValueError("a JWT secret is required")
         self._secret = secret
         self._algorithm = algorithm
         self._allow_any = allow_any_session
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()  # token -> (principal, exp)
 
     def verify(self, token: object) -> Principal:
         """Return the token's principal; raises AuthError with a machine-readable code."""
         if not isinstance(token, str) or not token:
             raise AuthError("token missing", "missing_token")
+        hit = self._cache.get(token)
+        if hit is not None:
+            principal, exp = hit
+            if time.time() < exp + LEEWAY_S:
+                self._cache.move_to_end(token)
+                return principal
+            del self._cache[token]
+            raise AuthError("token expired", "token_expired")
+        principal, exp = self._decode(token)
+        if self._cache_size > 0:
+            self._cache[token] = (principal, exp)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=[self._algorithm],
-                options={"require": ["sub"]}, leeway=5,
+                options={"require": ["sub"]}, leeway=LEEWAY_S,
             )
         except jwt.ExpiredSignatureError as e:
             raise AuthError("token expired", "token_expired") from e
@@ -88,12 +116,14 @@ class TokenVerifier:
         sessions = claims.get("sessions") or []
         if not isinstance(sessions, list):
             raise AuthError("invalid sessions claim", "invalid_token")
-        return Principal(
+        exp = claims.get("exp")
+        principal = Principal(
             user_id=sub,
             sessions=frozenset(str(s) for s in sessions),
             scopes=frozenset(_scopes(claims.get("scope"))),
             any_session=self._allow_any,
         )
+        return principal, float(exp) if exp is not None else float("inf")
 
 
 def _scopes(raw: object) -> Iterable[str]:

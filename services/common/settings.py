@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     # auth
     jwt_secret: str = ""
     jwt_algorithm: str = "HS256"
+    jwt_cache_size: int = Field(default=10_000, ge=0)  # verified tokens remembered per edge (0: verify every time)
     allow_any_session: bool = False
     service_token: str = ""  # shared credential on internal gRPC calls
     auth_timeout_s: float = 10.0

@@ -112,8 +112,10 @@ def create_app(settings: Settings) -> Starlette:
                                 also=LINK_ROLE if pool.link is not None else None)
         lease = LeaseKeeper(members, "edge", settings.node_id, settings.advertised,
                             ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
-        ctx = EdgeContext(settings, routers, TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
-                                                  allow_any_session=settings.allow_any_session),
+        verifier = TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
+                                 allow_any_session=settings.allow_any_session,
+                                 cache_size=settings.jwt_cache_size)
+        ctx = EdgeContext(settings, routers, verifier,
                           pool, reader, hub, metrics, registry)
         metrics.watch(ctx.connections, pool.connected_count)
         ready_task: asyncio.Task[None] | None = None

@@ -21,7 +21,7 @@ from services.common.auth import AuthError, Principal, normalize_channel, valid_
 from services.common.close_codes import CloseCode, reason_of
 from services.common.history_client import HistoryCallError
 from services.common.store.base import StoreError
-from services.common.tasks import cancel_and_wait, first_completed
+from services.common.tasks import cancel_and_wait
 from services.edge.catchup import ClientRecovery, RecoveryAnswer, RecoveryReason, StreamPosition
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import AGENT_MENTION
@@ -82,6 +82,11 @@ class Connection:
         self._frames: FrameWriter | None = ws.frames
         self._direct = False  # set once the auth reply is out: frames may bypass the queue
         self._closing: CloseCode | None = None
+        # The connection's own task runs the reader. A writer task exists only once something
+        # had to be queued (most connections never queue: frames go straight to the socket).
+        self._main: asyncio.Task[Any] | None = None
+        self._stopping = False  # _stop() cancelled _main: end normally, with _closing's code
+        self._live = False  # authenticated and not tearing down: a writer may run
         self._writer: asyncio.Task[None] | None = None
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT_PUBLISHES)
         self._outbox: deque[tuple[str, Event]] | None = None  # durable publishes, in send order
@@ -100,13 +105,23 @@ class Connection:
         await self.ws.accept()
         m.connections_total.labels(self.kind).inc()
         code = CloseCode.NORMAL
+        self._main = asyncio.current_task()
         try:
             await self._authenticate()
+            self._live = True  # frames queued from now on start the writer; nothing overtook the reply
+            if self.queue:
+                self._writer = self._spawn(self._write_loop())
             m.auth.labels("ok").inc()
             self.ctx.connections.add(self)
             m.connected(len(self.ctx.connections))
             structlog.contextvars.bind_contextvars(connection_id=self.connection_id)
-            await first_completed(self._read_loop(), self._write_loop())
+            await self._read_loop()
+            code = self._closing or CloseCode.NORMAL
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # cancelled from outside: the server is going away
+            assert self._main is not None
+            self._main.uncancel()
             code = self._closing or CloseCode.NORMAL
         except Closed as e:
             code = e.code
@@ -116,6 +131,8 @@ class Connection:
             log.exception("session_failed")
             code = CloseCode.INTERNAL_ERROR
         finally:
+            self._main = None  # nothing stops the teardown
+            self._live = False
             await self._teardown(code)
 
     async def _teardown(self, code: CloseCode) -> None:
@@ -141,11 +158,17 @@ class Connection:
         structlog.contextvars.unbind_contextvars("connection_id")
 
     def close_with(self, code: CloseCode) -> None:
-        """Close from outside the reader (overflow, drain): stop the writer; run() closes."""
+        """Close from outside the reader (overflow, drain): stop reading; run() closes with
+        `code` (what is still queued is dropped; the close frame follows what the socket holds)."""
         if self._closing is None:
             self._closing = code
-        if self._writer is not None:
-            self._writer.cancel()
+        self._stop()
+
+    def _stop(self) -> None:
+        """End run()'s reading (it then tears down), unless it is already tearing down."""
+        if self._main is not None and not self._stopping:
+            self._stopping = True
+            self._main.cancel()
 
     # ---- auth ------------------------------------------------------------------------------
 
@@ -556,6 +579,8 @@ class Connection:
             return
         if not self.queue.push(frame, priority, durable=offset > 0, accepted=accepted):
             self._overflow()
+        elif self._writer is None and self._live:
+            self._writer = self._spawn(self._write_loop())
 
     def _count_out(self, frame: bytes, lane: int, accepted: float) -> None:
         m = self.ctx.metrics
@@ -581,8 +606,8 @@ class Connection:
 
     async def _write_loop(self) -> None:
         """Drain what could not be written at once (before the auth reply, or while the socket
-        was full): whole batches in one transport write, as soon as the socket takes data."""
-        self._writer = asyncio.current_task()
+        was full): whole batches in one transport write, as soon as the socket takes data.
+        Started by the first frame queued; it ends the connection when it ends."""
         try:
             while True:
                 await self.queue.wait_ready()
@@ -593,17 +618,18 @@ class Connection:
                     continue
                 await self._frames.wait_writable()
                 if not self._frames.open:
-                    return  # closed under us: run() ends the connection
+                    break  # closed under us
                 batch = self.queue.pop_many(WRITE_BATCH)
                 self._frames.write([frame for frame, _, _ in batch])
                 for frame, lane, accepted in batch:
                     self._count_out(frame, lane, accepted)
         except (Disconnected, OSError):
-            return  # the socket is gone
-        except asyncio.CancelledError:
+            pass  # the socket is gone
+        except Exception:
+            log.exception("session_failed")
             if self._closing is None:
-                raise
-            # close_with() stopped us: end normally so that run() closes with its code
+                self._closing = CloseCode.INTERNAL_ERROR
+        self._stop()
 
     async def _send_now(self, text: str) -> None:
         """Before the connection is live (auth replies)."""

@@ -170,3 +170,45 @@ def test_allow_any_session_grants_every_session_but_not_other_users() -> None:
     assert principal.may_access("session:whatever")
     assert not principal.may_access("user:bob")
     assert not principal.may_access("agent_status:bob")
+
+
+# ---- the cache of verified tokens ----------------------------------------------------------
+
+
+def test_a_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = TokenVerifier(SECRET)
+    token = mint_token(SECRET, "user-1", sessions=["s1"], ttl_s=60)
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first  # the second time: from the cache
+
+    later = time.time() + 60 + 6  # past exp and the 5 s leeway
+    monkeypatch.setattr("services.common.auth.time.time", lambda: later)
+    with pytest.raises(AuthError) as info:
+        verifier.verify(token)
+    assert info.value.code == "token_expired"
+    assert token not in verifier._cache  # (PyJWT checks it again against its own clock)
+
+
+def test_the_cache_vouches_only_for_the_exact_token() -> None:
+    verifier = TokenVerifier(SECRET)
+    token = mint_token(SECRET, "user-1", sessions=["s1"])
+    verifier.verify(token)
+    head, claims, sig = token.split(".")
+    forged_claims = mint_token(OTHER_SECRET, "admin", sessions=["s1"]).split(".")[1]
+    for bad, code in ((f"{head}.{forged_claims}.{sig}", "invalid_signature"),
+                      (f"{head}.{claims}.{sig[:-4]}AAAA", "invalid_signature"),
+                      (token + "x", "invalid_signature")):
+        with pytest.raises(AuthError) as info:
+            verifier.verify(bad)
+        assert info.value.code == code, bad
+
+
+def test_the_cache_is_bounded_and_can_be_off() -> None:
+    tokens = [mint_token(SECRET, f"user-{i}") for i in range(5)]
+    small = TokenVerifier(SECRET, cache_size=2)
+    for token in tokens:
+        small.verify(token)
+    assert list(small._cache) == tokens[-2:]  # least recently used first out
+    off = TokenVerifier(SECRET, cache_size=0)
+    assert [off.verify(t).user_id for t in tokens] == [f"user-{i}" for i in range(5)]
+    assert not off._cache
