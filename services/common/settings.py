@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     presence_ttl_s: float = Field(default=10.0, gt=0)
     presence_event_max_users: int = Field(default=100, ge=0)
     presence_throttle_s: float = Field(default=1.0, gt=0)
+    presence_flush_s: float = Field(default=0.05, ge=0)  # an edge writes presence changes at most this often
 
     # demo page and demo agent (`switchboard dev` turns them on)
     demo: bool = False

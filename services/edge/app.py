@@ -415,7 +415,8 @@ def _extras(settings: Settings, backend: Backend, members: MembershipStore,
         build_presence_store(backend), settings.node_id, publish_ephemeral,
         ttl_s=settings.presence_ttl_s, events=settings.presence_events,
         event_max_users=settings.presence_event_max_users,
-        throttle_s=settings.presence_throttle_s, timeout_s=settings.store_timeout_s)
+        throttle_s=settings.presence_throttle_s, timeout_s=settings.store_timeout_s,
+        flush_s=settings.presence_flush_s)
     if not settings.demo:
         return ctx.presence, None, None
     ctx.agent = DemoAgent(publish_durable, max_runs=settings.demo_agent_max_runs)

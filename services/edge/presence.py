@@ -2,7 +2,8 @@
 
 Connections report joins and leaves synchronously (`add`, `remove`); nothing they do waits on
 the store. One owned writer task sends the changed (channel, user) counts in one batched store
-call, and every `ttl/3` renews all of this edge's entries (which also removes the expired
+call, at most once per `flush_s` (a connection storm's joins of a channel share a write), and
+every `ttl/3` renews all of this edge's entries (which also removes the expired
 entries of dead edges in those channels). Whoever's store call reports a user as joined or
 left announces it with an ephemeral `presence_join` / `presence_leave` on the channel, so each
 change is announced once across the cluster. Channels with more than `event_max_users`
@@ -44,9 +45,10 @@ class _Pending:
 
 class PresenceTracker:
     def __init__(self, store: PresenceStore, node_id: str, publish: Publish, *, ttl_s: float,
-                 events: bool, event_max_users: int, throttle_s: float, timeout_s: float) -> None:
+                 events: bool, event_max_users: int, throttle_s: float, timeout_s: float,
+                 flush_s: float = 0.0) -> None:
         self._store, self._node_id, self._publish = store, node_id, publish
-        self._ttl_s, self._timeout_s = ttl_s, timeout_s
+        self._ttl_s, self._timeout_s, self._flush_s = ttl_s, timeout_s, flush_s
         self._events, self._max_users, self._throttle_s = events, event_max_users, throttle_s
         self.local: dict[str, dict[str, int]] = {}  # channel -> user -> connections here
         self._dirty: dict[str, set[str]] = {}
@@ -134,6 +136,8 @@ class PresenceTracker:
                 next_refresh = loop.time() + refresh_s
             if not await self._flush(full):
                 await asyncio.sleep(min(refresh_s, 0.5))  # store away: retry soon, not in a spin
+            elif self._flush_s:
+                await asyncio.sleep(self._flush_s)  # what changes meanwhile goes in the next write
 
     async def _flush(self, full: bool) -> bool:
         """Write the changed counts (all of this edge's counts when `full`); False on failure,

@@ -1,0 +1,58 @@
+"""The edge's presence writer: changes are written in batches, at most once per flush interval,
+and every join is still announced once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from services.common.store.base import Keys
+from services.common.store.factory import Backend
+from services.common.store.memory import memory_backend
+from services.edge.domain import Event
+from services.edge.presence import PresenceTracker
+from services.edge.store.base import PresenceChange, PresenceSnapshot, PresenceStore
+from services.edge.store.factory import build_presence_store
+
+
+class CountingStore:
+    """The in-memory presence store, recording each batched update."""
+
+    def __init__(self, inner: PresenceStore) -> None:
+        self.inner = inner
+        self.updates: list[dict[str, dict[str, int]]] = []
+
+    async def update(self, node_id: str, counts: dict[str, dict[str, int]],
+                     ttl_s: float) -> dict[str, PresenceChange]:
+        self.updates.append(counts)
+        return await self.inner.update(node_id, counts, ttl_s)
+
+    async def read(self, channel: str) -> PresenceSnapshot:
+        return await self.inner.read(channel)
+
+
+async def test_a_storm_of_joins_is_written_in_few_batches_and_announced_once(key_prefix: str, tu: float) -> None:
+    url = f"memory://{key_prefix}"
+    store = CountingStore(build_presence_store(Backend(url, Keys(key_prefix), memory=memory_backend(url))))
+    announced: list[tuple[str, str, object]] = []
+
+    async def publish(channel: str, event: Event) -> object:
+        announced.append((channel, event.type, json.loads(event.body)["payload"].get("user_id")))
+        return None
+
+    tracker = PresenceTracker(store, "e1", publish, ttl_s=30.0, events=True, event_max_users=100,
+                              throttle_s=1.0, timeout_s=2.0 * tu, flush_s=0.2 * tu)
+    await tracker.start()
+    try:
+        for i in range(200):  # 200 connections of 20 users join 10 rooms over ~0.4 tu
+            tracker.add(f"session:r{i % 10}", f"u{i % 20}")
+            if i % 20 == 19:
+                await asyncio.sleep(0.04 * tu)
+        users = await tracker.users("session:r3")  # waits for this edge's pending writes
+        assert users == {"u3": 10, "u13": 10}
+    finally:
+        await tracker.aclose()
+
+    assert 2 <= len(store.updates) <= 5  # not one write per join (nor per loop iteration)
+    joins = sorted((c, u) for c, kind, u in announced if kind == "presence_join")
+    assert joins == sorted((f"session:r{r}", f"u{u}") for r in range(10) for u in (r, r + 10))
