@@ -43,7 +43,7 @@ from services.edge.metrics import EdgeMetrics
 from services.edge.presence import PresenceTracker
 from services.edge.routing_client import LinkOptions, RouterPool
 from services.edge.store.factory import build_presence_store
-from services.edge.wsserver import PREFIXES, ROUTES, EdgeWebSocketProtocol
+from services.edge.wsserver import PREFIXES, ROUTES, EdgeHttpProtocol, EdgeWebSocketProtocol
 
 log = structlog.get_logger("switchboard.edge")
 MAX_PUBLISH_BODY = 256 * 1024
@@ -66,7 +66,8 @@ def server_config(settings: Settings) -> uvicorn.Config:
     """The one uvicorn configuration of an edge, whether it runs alone or beside other tiers:
     WebSockets on the edge's own protocol (wsserver.py), HTTP on Starlette."""
     return uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, ws=EdgeWebSocketProtocol,
+        create_app(settings), host=settings.host, port=settings.port,
+        http=EdgeHttpProtocol, ws=EdgeWebSocketProtocol,
         ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_interval_s, lifespan="on", log_config=None,
         access_log=False, timeout_graceful_shutdown=int(settings.drain_grace_s) or 1,

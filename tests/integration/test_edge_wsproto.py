@@ -241,6 +241,52 @@ async def test_a_bad_handshake_gets_an_http_error_and_the_connection_ends(
     assert await raw.eof()
 
 
+async def trickle(writer: asyncio.StreamWriter, data: bytes, size: int) -> None:
+    """Send in chunks of `size` bytes, each in its own TCP segment as far as the kernel allows."""
+    for at in range(0, len(data), size):
+        writer.write(data[at:at + size])
+        await writer.drain()
+        await asyncio.sleep(0.002)
+
+
+async def test_http_and_websockets_share_the_port_however_requests_arrive(
+        make_edge: MakeEdge, sid: str, tu: float) -> None:
+    """The edge's HTTP protocol sends a WebSocket route's GET straight to the edge's WebSocket
+    protocol and everything else to uvicorn's: whole, byte by byte, or after a kept-alive request."""
+    edge = await make_edge()
+    key = base64.b64encode(os.urandom(16)).decode()
+    upgrade = (f"GET /ws/chat/{sid} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    auth = masked(0x1, json.dumps({"token": edge.token("alice", sid)}).encode())
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for chunk, first in ((1, health), (1, upgrade), (5, upgrade), (len(upgrade), health + upgrade)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        raw = Raw(reader, writer, tu)
+        try:
+            await trickle(writer, first, chunk)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5 * tu)
+            if first.startswith(health):
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if first == health:
+                    continue
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5 * tu)
+            assert head.startswith(b"HTTP/1.1 101 "), (chunk, head)
+            raw.send(auth)
+            assert json.loads(await raw.until(0x1))["success"] is True
+        finally:
+            await raw.aclose()
+
+
+async def test_a_plain_get_on_a_websocket_route_is_refused(make_edge: MakeEdge, sid: str, tu: float,
+                                                           raws: list[Raw]) -> None:
+    edge = await make_edge()
+    raw, head = await open_raw(edge, sid, tu, raws, path=f"/ws/chat/{sid}", headers="Accept: */*\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert await raw.eof()
+
+
 # ---- frames ----------------------------------------------------------------------------------
 
 
