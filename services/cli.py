@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from typing import Any
 
 from services.bench.options import add_arguments as add_bench_arguments
 from services.common.auth import mint_token
-from services.common.process import tune_gc
+from services.common.process import run, tune_gc
 from services.common.settings import DEV_JWT_SECRET, Settings
 from services.common.telemetry import configure_logging
 
@@ -51,7 +50,7 @@ def cmd_tier(args: argparse.Namespace) -> int:
     if args.command == "edge":
         _run_edge(settings)
     else:
-        asyncio.run(_run_grpc_tier(args.command, settings))
+        run(_run_grpc_tier(args.command, settings), settings.event_loop)
     return 0
 
 
@@ -101,7 +100,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
               "on the in-memory store (nothing survives a restart)", flush=True)
         from services.devsingle import run_single_process
 
-        return asyncio.run(run_single_process(args.edges, args.routers, args.port))
+        return run(run_single_process(args.edges, args.routers, args.port))
     env = {"SWITCHBOARD_LOG_JSON": "false", "SWITCHBOARD_DEMO": os.environ.get("SWITCHBOARD_DEMO", "true")}
     configure_logging(json=False)
     cluster = DevCluster(edges=args.edges, routers=args.routers, port=args.port,

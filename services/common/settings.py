@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     link_max_frame_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # as gRPC's message limit
     publish_batch_max: int = 256
 
+    # every tier: uvloop where it is installed (uvicorn[standard] brings it), or asyncio's own loop
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+
     # telemetry
     log_json: bool = True
     log_level: str = "info"

@@ -67,7 +67,7 @@ def server_config(settings: Settings) -> uvicorn.Config:
     WebSockets on the edge's own protocol (wsserver.py), HTTP on Starlette."""
     return uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port,
-        http=EdgeHttpProtocol, ws=EdgeWebSocketProtocol,
+        http=EdgeHttpProtocol, ws=EdgeWebSocketProtocol, loop=settings.event_loop,
         ws_max_size=settings.max_frame_bytes, ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_interval_s, lifespan="on", log_config=None,
         access_log=False, timeout_graceful_shutdown=int(settings.drain_grace_s) or 1,

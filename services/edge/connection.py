@@ -376,7 +376,7 @@ class Connection:
         try:
             with m.publish_seconds.time():
                 await self.ctx.pool.publish(channel, events[0], ephemeral=ephemeral, more=events[1:])
-            m.publishes.labels("client", "ok").inc(len(events))
+            m.client_publishes_ok.inc(len(events))
         except EdgeError as e:
             m.publishes.labels("client", e.code).inc(len(events))
             if not ephemeral:

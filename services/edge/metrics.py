@@ -69,6 +69,7 @@ class EdgeMetrics:
                                        registry=registry)
         self.publishes = Counter("edge_publishes_total", "Publishes by source and result",
                                  ["source", "result"], registry=registry)
+        self.client_publishes_ok = self.publishes.labels("client", "ok")  # once per client message
         self.publish_seconds = Histogram("edge_publish_duration_seconds",
                                          "Publish until acknowledged", buckets=FAST_BUCKETS,
                                          registry=registry)

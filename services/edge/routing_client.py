@@ -306,6 +306,7 @@ class RouterPool:
         self._ids = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
         self._attach_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._owners: dict[str, str | None] = {}  # channel -> owner among self.links (hashed once per router set)
 
     def register(self, sink: DeliverySink) -> None:
         """Send deliveries and re-attach notices to `sink` from now on (before any stream opens)."""
@@ -329,9 +330,10 @@ class RouterPool:
             if router_id not in self.links:
                 link = self.links[router_id] = RouterLink(self, router_id, address, link_address)
                 link.start()
+        self._owners.clear()
         moved = 0
         for channel, current in list(self.assigned.items()):
-            owner = owner_of(channel, self.links)
+            owner = self.owner(channel)
             if owner is not None and owner != current:
                 self._move(channel, current, owner)
                 moved += 1
@@ -345,6 +347,16 @@ class RouterPool:
         self.assigned[channel] = new
         if self.links[new].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel]))):
             self.sink.resync([channel])
+
+    def owner(self, channel: str) -> str | None:
+        """The channel's owner among the routers this edge knows (None: no router)."""
+        try:
+            return self._owners[channel]
+        except KeyError:
+            if len(self._owners) > 100_000:  # bound the cache; it only saves hashing
+                self._owners.clear()
+            owner = self._owners[channel] = owner_of(channel, self.links)
+            return owner
 
     def channels_on(self, router_id: str) -> list[str]:
         return [c for c, r in self.assigned.items() if r == router_id]
@@ -362,7 +374,7 @@ class RouterPool:
         that every event appended from then on reaches this edge. With no router up the channel
         stays assigned and is attached (and the future completed) when its owner's stream opens;
         a detach cancels the future. Attaches sent in one loop iteration travel as one batch."""
-        owner = owner_of(channel, self.links)
+        owner = self.owner(channel)
         self.assigned[channel] = owner or ""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._attach_waiters.setdefault(channel, []).append(fut)
@@ -425,9 +437,13 @@ class RouterPool:
                                             event=first, ephemeral=ephemeral,
                                             accepted_unix_us=accepted_us, more=rest)
                 fut = link.publish(request)
+                # A timer rather than asyncio.timeout: this runs once per publish.
+                timer = loop.call_later(min(remaining, attempt_s), _time_out, fut)
                 try:
-                    async with asyncio.timeout(min(remaining, attempt_s)):
+                    try:
                         ack = await fut
+                    finally:
+                        timer.cancel()
                     if not ack.error_code:
                         return PublishResult(ack.offset, ack.epoch, ack.duplicate,
                                              tuple((a.offset, a.duplicate) for a in ack.more))
@@ -451,7 +467,7 @@ class RouterPool:
     def _pick(self, channel: str, attempt: int, avoid: set[str]) -> RouterLink | None:
         """The owner's stream while it is up; else any other connected router, which forwards to
         the owner or takes the publish itself when the owner is unreachable."""
-        owner = owner_of(channel, self.links)
+        owner = self.owner(channel)
         if (owner is not None and owner not in avoid and self.links[owner].connected.is_set()
                 and attempt < 2):
             return self.links[owner]
@@ -462,3 +478,8 @@ class RouterPool:
     async def aclose(self) -> None:
         links, self.links = self.links, {}
         await asyncio.gather(*(link.aclose() for link in links.values()), *self._closing)
+
+
+def _time_out(fut: asyncio.Future[pb.PublishAck]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
