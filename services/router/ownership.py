@@ -9,16 +9,20 @@ the previous owner until they re-attach (at most one membership poll later).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import structlog
 
 from services.common.sharding import owner_of
 from services.common.store.base import StoreError
+from services.common.tasks import cancel_and_wait
 from services.router.links import EdgeLink
 from services.router.store.base import OwnershipStore
 
 log = structlog.get_logger("switchboard.router")
+SAVE_RETRY_S = 0.5
+CLOSE_SAVE_S = 1.0
 
 
 class Ownership:
@@ -35,6 +39,9 @@ class Ownership:
         self._refresh_s = refresh_s
         self._loading: dict[str, asyncio.Future[set[str] | None]] = {}  # channel -> its pending load
         self._batch: list[str] = []  # channels to load in the next store round trip
+        self._unsaved: dict[tuple[str, str], bool] = {}  # (channel, edge) -> attached, not yet stored
+        self._unsaved_wake = asyncio.Event()
+        self._saver: asyncio.Task[None] | None = None
 
     def set_routers(self, routers: set[str]) -> None:
         self._members = set(routers)
@@ -60,28 +67,75 @@ class Ownership:
     def owns(self, channel: str) -> bool:
         return self.owner(channel) == self.node_id
 
-    async def attach(self, link: EdgeLink, channels: list[str]) -> None:
+    def attach(self, link: EdgeLink, channels: list[str]) -> None:
+        """The edge receives these channels from now on (answer `attached` at once). The stored
+        edge sets, which only a router taking a channel over reads, follow in the background."""
         for channel in channels:
             self.subs.setdefault(channel, set()).add(link.edge_id)
             link.channels.add(channel)
             cached = self._stored.get(channel)
             if cached is not None:
                 cached[1].add(link.edge_id)
-        try:
-            await self._store.add_edge(link.edge_id, channels)
-        except StoreError as e:  # takeovers fall back to the edges' re-attach (one membership poll)
-            log.warning("ownership_store_failed", op="add", channels=len(channels), error=str(e))
+        self._persist(link.edge_id, channels, True)
 
-    async def detach(self, link: EdgeLink, channels: list[str]) -> None:
+    def detach(self, link: EdgeLink, channels: list[str]) -> None:
         for channel in channels:
             self._drop(channel, link.edge_id)
             link.channels.discard(channel)
-        try:
-            await self._store.remove_edge(link.edge_id, channels)
-        except StoreError as e:  # the set expires ttl_s after its last add
-            log.warning("ownership_store_failed", op="remove", channels=len(channels), error=str(e))
+        self._persist(link.edge_id, channels, False)
 
-    async def drop_link(self, link: EdgeLink) -> None:
+    # ---- the stored edge sets ----------------------------------------------------------------
+
+    def _persist(self, edge_id: str, channels: list[str], attached: bool) -> None:
+        for channel in channels:  # the latest state of a (channel, edge) wins
+            self._unsaved[(channel, edge_id)] = attached
+        self._unsaved_wake.set()
+
+    async def start(self) -> None:
+        self._saver = asyncio.create_task(self._save_loop(), name="ownership-saver")
+
+    async def aclose(self) -> None:
+        """Stop the saver, then save what is left (bounded: edges re-attach anyway)."""
+        await cancel_and_wait(self._saver)
+        self._saver = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_SAVE_S):
+                await self._save()
+
+    async def _save_loop(self) -> None:
+        """Write attaches and detaches to the store, all that accumulated in one go per edge and
+        kind. An attach is answered before its write: were it held for the store round trip,
+        a connection storm's first attaches would queue behind each other, one round trip each,
+        on the edge's stream. A router that takes a channel over before the write lands misses
+        the edge only until the edge re-attaches and repairs the gap from history."""
+        while True:
+            await self._unsaved_wake.wait()
+            self._unsaved_wake.clear()
+            if not await self._save():
+                await asyncio.sleep(SAVE_RETRY_S)  # the store is away: retry, not in a spin
+                self._unsaved_wake.set()
+
+    async def _save(self) -> bool:
+        unsaved, self._unsaved = self._unsaved, {}
+        if not unsaved:
+            return True
+        added: dict[str, list[str]] = {}
+        removed: dict[str, list[str]] = {}
+        for (channel, edge_id), attached in unsaved.items():
+            (added if attached else removed).setdefault(edge_id, []).append(channel)
+        try:
+            for edge_id, channels in added.items():
+                await self._store.add_edge(edge_id, channels)
+            for edge_id, channels in removed.items():
+                await self._store.remove_edge(edge_id, channels)
+        except StoreError as e:
+            log.warning("ownership_store_failed", changes=len(unsaved), error=str(e))
+            for key, attached in unsaved.items():  # keep what no newer change replaced
+                self._unsaved.setdefault(key, attached)
+            return False
+        return True
+
+    def drop_link(self, link: EdgeLink) -> None:
         if self.links.get(link.edge_id) is link:
             del self.links[link.edge_id]
         for channel in link.channels:

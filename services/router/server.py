@@ -53,6 +53,8 @@ async def running(settings: Settings) -> AsyncIterator[RunningRouter]:
         members = build_membership_store(backend)
         ownership = Ownership(settings.node_id, build_ownership_store(backend, settings.history_ttl_s),
                               refresh_s=max(settings.membership_poll_s * 2, 1.0))
+        await ownership.start()
+        closing.push_async_callback(ownership.aclose)  # before the store closes
 
         def ring_changed(members: dict[str, str]) -> None:
             ownership.set_routers(set(members))

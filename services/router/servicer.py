@@ -63,7 +63,7 @@ class RouterServicer(pb_grpc.RouterServicer):
             await first_completed(self._read(link, receive), self._write(link, send))
         finally:
             link.close()
-            await self._own.drop_link(link)
+            self._own.drop_link(link)
             self._m.edges.set(len(self._own.links))
             if link.broken:
                 self._m.dropped_links.inc()
@@ -72,7 +72,7 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def _read(self, link: EdgeLink, receive: Receive) -> None:
         while messages := await receive():
             for message in messages:
-                await self._handle(link, message)
+                self._handle(link, message)
 
     async def _write(self, link: EdgeLink, send: Send) -> None:
         while True:
@@ -84,7 +84,8 @@ class RouterServicer(pb_grpc.RouterServicer):
             if closed:
                 return
 
-    async def _handle(self, link: EdgeLink, message: pb.EdgeMessage) -> None:
+    def _handle(self, link: EdgeLink, message: pb.EdgeMessage) -> None:
+        """Nothing here waits: publishes go to their pipelines, attaches are answered at once."""
         kind = message.WhichOneof("kind")
         if kind == "batch":
             attaching: list[str] = []  # consecutive attaches of a batch: one attach, one reply
@@ -93,25 +94,25 @@ class RouterServicer(pb_grpc.RouterServicer):
                     attaching += m.attach.channels
                     continue
                 if attaching:
-                    await self._attach(link, attaching)
+                    self._attach(link, attaching)
                     attaching = []
-                await self._handle(link, m)
+                self._handle(link, m)
             if attaching:
-                await self._attach(link, attaching)
+                self._attach(link, attaching)
         elif kind == "publish":
             def reply(ack: pb.PublishAck) -> None:
                 link.send(pb.RouterMessage(ack=ack))
 
             self._pub.submit(message.publish, reply)
         elif kind == "attach":
-            await self._attach(link, list(message.attach.channels))
+            self._attach(link, list(message.attach.channels))
         elif kind == "detach":
             self._m.detaches.inc(len(message.detach.channels))
-            await self._own.detach(link, list(message.detach.channels))
+            self._own.detach(link, list(message.detach.channels))
 
-    async def _attach(self, link: EdgeLink, channels: list[str]) -> None:
+    def _attach(self, link: EdgeLink, channels: list[str]) -> None:
         self._m.attaches.inc(len(channels))
-        await self._own.attach(link, channels)
+        self._own.attach(link, channels)
         link.send(pb.RouterMessage(attached=pb.Attached(channels=channels)))
 
     async def Publish(self, request: pb.PublishRequest, context: aio.ServicerContext) -> pb.PublishAck:  # type: ignore[type-arg]

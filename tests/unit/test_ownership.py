@@ -50,12 +50,32 @@ class CountingStore:
     def __init__(self, inner: OwnershipStore) -> None:
         self.inner = inner
         self.reads: list[list[str]] = []
+        self.writes: list[tuple[str, str, list[str]]] = []
         self.down = False
+        self.gate = asyncio.Event()  # writes wait for it
+        self.gate.set()
+        self.written = asyncio.Event()
+
+    async def until_written(self, count: int, timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s):
+            while len(self.writes) < count:
+                self.written.clear()
+                await self.written.wait()
 
     async def add_edge(self, edge_id: str, channels: Sequence[str]) -> None:
+        await self.gate.wait()
+        if self.down:
+            raise StoreUnavailableError("store unavailable: test")
+        self.writes.append(("add", edge_id, sorted(channels)))
+        self.written.set()
         await self.inner.add_edge(edge_id, channels)
 
     async def remove_edge(self, edge_id: str, channels: Sequence[str]) -> None:
+        await self.gate.wait()
+        if self.down:
+            raise StoreUnavailableError("store unavailable: test")
+        self.writes.append(("remove", edge_id, sorted(channels)))
+        self.written.set()
         await self.inner.remove_edge(edge_id, channels)
 
     async def edges_of(self, channel: str) -> set[str]:
@@ -82,7 +102,7 @@ async def test_concurrent_target_lookups_share_one_store_round_trip(key_prefix: 
     await store.add_edge("e-old", channels)  # attached to a previous owner
     for edge_id in ("e-old", "e-new"):
         own.links[edge_id] = EdgeLink(edge_id, 10)
-    await own.attach(own.links["e-new"], channels[:1])
+    own.attach(own.links["e-new"], channels[:1])
 
     found = await asyncio.gather(*(own.targets(c) for c in channels), *(own.targets(c) for c in channels))
 
@@ -96,7 +116,51 @@ async def test_concurrent_target_lookups_share_one_store_round_trip(key_prefix: 
 async def test_a_failed_load_keeps_the_attached_edges(key_prefix: str) -> None:
     own, store = counted("r1", key_prefix)
     own.links["e1"] = EdgeLink("e1", 10)
-    await own.attach(own.links["e1"], ["session:a"])
+    own.attach(own.links["e1"], ["session:a"])
     store.down = True
     assert [link.edge_id for link in await own.targets("session:a")] == ["e1"]
     assert store.reads == [["session:a"]]
+
+
+async def test_attaches_are_answered_before_the_store_write_and_saved_in_batches(
+        key_prefix: str, tu: float) -> None:
+    own, store = counted("r1", key_prefix)
+    await own.start()
+    try:
+        store.gate.clear()  # the store hangs: attaching must not
+        e1, e2 = EdgeLink("e1", 10), EdgeLink("e2", 10)
+        own.links.update(e1=e1, e2=e2)
+        own.attach(e1, ["session:a"])
+        own.attach(e1, ["session:b", "session:c"])
+        own.attach(e2, ["session:a"])
+        own.detach(e1, ["session:c"])  # before anything was written: only the last state counts
+        assert own.subs == {"session:a": {"e1", "e2"}, "session:b": {"e1"}}
+        await asyncio.sleep(0.05 * tu)
+        assert store.writes == []
+
+        store.gate.set()
+        await store.until_written(3, 2 * tu)
+        # one write per edge and kind for everything that accumulated
+        assert sorted(store.writes) == [("add", "e1", ["session:a", "session:b"]),
+                                        ("add", "e2", ["session:a"]), ("remove", "e1", ["session:c"])]
+        assert await store.inner.edges_of_many(["session:a", "session:b", "session:c"]) == [
+            {"e1", "e2"}, {"e1"}, set()]
+    finally:
+        await own.aclose()
+
+
+async def test_unsaved_changes_are_retried_after_a_store_failure(key_prefix: str, tu: float) -> None:
+    own, store = counted("r1", key_prefix)
+    await own.start()
+    try:
+        store.down = True
+        e1 = EdgeLink("e1", 10)
+        own.links["e1"] = e1
+        own.attach(e1, ["session:a"])
+        await asyncio.sleep(0.1 * tu)
+        assert store.writes == []
+        store.down = False
+        await store.until_written(1, 3 * tu)  # the retry comes within SAVE_RETRY_S
+        assert await store.inner.edges_of("session:a") == {"e1"}
+    finally:
+        await own.aclose()
