@@ -12,6 +12,7 @@ that kill processes on purpose do not supervise, so what they kill stays dead un
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,11 +33,32 @@ HOST = "127.0.0.1"
 log = structlog.get_logger("switchboard.dev")
 
 
+# Listening ports are picked below Linux's default ephemeral range (32768-60999): a port the
+# kernel hands out with bind(0) is free now but can be taken by any outgoing connection before
+# the process that was given it binds it (a connection storm opens thousands). Handed-out ports
+# are not handed out again by this process.
+PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+    """A TCP port on `host` with nothing bound to it now, outside the ephemeral range."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(*PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    with socket.socket() as s:  # the range is crowded: let the kernel choose
+        s.bind((host, 0))
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def wait_until(predicate: object, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:

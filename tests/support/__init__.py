@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
+
+from services import devcluster
 
 TIME_SCALE_ENV = "SWITCHBOARD_TEST_TIME_SCALE"
 
@@ -24,10 +25,9 @@ def time_unit() -> float:
 
 
 def free_port() -> int:
-    """A loopback TCP port with nothing listening on it right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port with nothing bound to it right now (services.devcluster.free_port:
+    outside the ephemeral range, so outgoing connections do not take it before it is bound)."""
+    return devcluster.free_port("127.0.0.1")
 
 
 def descendants(pid: int) -> set[int]:
