@@ -383,14 +383,12 @@ class RouterPool:
         return fut
 
     async def attach(self, channel: str, timeout_s: float) -> bool:
-        """attach_soon, then wait for it: False on timeout (the channel stays assigned)."""
+        """attach_soon, then wait for it: False on timeout (the channel stays assigned) or when
+        a detach ended the wait."""
         fut = self.attach_soon(channel)
         try:
-            async with asyncio.timeout(timeout_s):
-                await fut
-            return True
-        except TimeoutError:
-            return False
+            await asyncio.wait((fut,), timeout=timeout_s)
+            return fut.done() and not fut.cancelled()
         finally:
             waiters = self._attach_waiters.get(channel, [])
             if fut in waiters:

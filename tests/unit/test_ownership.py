@@ -63,20 +63,19 @@ class CountingStore:
                 await self.written.wait()
 
     async def add_edge(self, edge_id: str, channels: Sequence[str]) -> None:
-        await self.gate.wait()
-        if self.down:
-            raise StoreUnavailableError("store unavailable: test")
-        self.writes.append(("add", edge_id, sorted(channels)))
-        self.written.set()
+        await self._write("add", edge_id, channels)
         await self.inner.add_edge(edge_id, channels)
 
     async def remove_edge(self, edge_id: str, channels: Sequence[str]) -> None:
+        await self._write("remove", edge_id, channels)
+        await self.inner.remove_edge(edge_id, channels)
+
+    async def _write(self, kind: str, edge_id: str, channels: Sequence[str]) -> None:
         await self.gate.wait()
         if self.down:
             raise StoreUnavailableError("store unavailable: test")
-        self.writes.append(("remove", edge_id, sorted(channels)))
+        self.writes.append((kind, edge_id, sorted(channels)))
         self.written.set()
-        await self.inner.remove_edge(edge_id, channels)
 
     async def edges_of(self, channel: str) -> set[str]:
         return (await self.edges_of_many([channel]))[0]
