@@ -23,6 +23,7 @@ from services.router.store.base import OwnershipStore
 log = structlog.get_logger("switchboard.router")
 SAVE_RETRY_S = 0.5
 CLOSE_SAVE_S = 1.0
+UNSAVED_MAX = 100_000  # (channel, edge) changes kept for the store while it is away
 
 
 class Ownership:
@@ -131,6 +132,8 @@ class Ownership:
         except StoreError as e:
             log.warning("ownership_store_failed", changes=len(unsaved), error=str(e))
             for key, attached in unsaved.items():  # keep what no newer change replaced
+                if len(self._unsaved) >= UNSAVED_MAX:  # a long outage: edges re-attach anyway,
+                    break                              # and stored sets expire ttl_s after their last add
                 self._unsaved.setdefault(key, attached)
             return False
         return True
