@@ -39,13 +39,13 @@ log = structlog.get_logger("switchboard.dev")
 # are not handed out again by this process.
 PORT_RANGE = (20000, 32767)
 _handed_out: set[int] = set()
+_rng = random.Random()
 
 
 def free_port(host: str = HOST) -> int:
     """A TCP port on `host` with nothing bound to it now, outside the ephemeral range."""
-    rng = random.Random()
     for _ in range(200):
-        port = rng.randint(*PORT_RANGE)
+        port = _rng.randint(*PORT_RANGE)
         if port in _handed_out:
             continue
         with socket.socket() as s:

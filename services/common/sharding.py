@@ -25,3 +25,26 @@ def owner_of(key: str, nodes: Iterable[str]) -> str | None:
         if w > best_w or (w == best_w and best is not None and node > best):
             best, best_w = node, w
     return best
+
+
+class OwnerCache:
+    """`owner_of` per key for one node set, remembered until `reset()` (call it when the set
+    changes). Bounded by emptying it when full: it only saves hashing."""
+
+    __slots__ = ("_max", "_owners")
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        self._owners: dict[str, str | None] = {}
+        self._max = max_size
+
+    def owner(self, key: str, nodes: Iterable[str]) -> str | None:
+        try:
+            return self._owners[key]
+        except KeyError:
+            if len(self._owners) >= self._max:
+                self._owners.clear()
+            owner = self._owners[key] = owner_of(key, nodes)
+            return owner
+
+    def reset(self) -> None:
+        self._owners.clear()

@@ -108,9 +108,8 @@ class Connection:
         self._main = asyncio.current_task()
         try:
             await self._authenticate()
-            self._live = True  # frames queued from now on start the writer; nothing overtook the reply
-            if self.queue:
-                self._writer = self._spawn(self._write_loop())
+            self._live = True  # a queued frame may start the writer: nothing overtook the reply
+            self._start_writer()
             m.auth.labels("ok").inc()
             self.ctx.connections.add(self)
             m.connected(len(self.ctx.connections))
@@ -579,8 +578,8 @@ class Connection:
             return
         if not self.queue.push(frame, priority, durable=offset > 0, accepted=accepted):
             self._overflow()
-        elif self._writer is None and self._live:
-            self._writer = self._spawn(self._write_loop())
+        else:
+            self._start_writer()
 
     def _count_out(self, frame: bytes, lane: int, accepted: float) -> None:
         m = self.ctx.metrics
@@ -603,6 +602,11 @@ class Connection:
     def _error(self, message: str, code: str) -> None:
         self.ctx.metrics.errors.labels(code).inc()
         self._push_event("error", {"code": code, "message": message})
+
+    def _start_writer(self) -> None:
+        """The writer task, once something is queued and the connection is live."""
+        if self._writer is None and self._live and self.queue:
+            self._writer = self._spawn(self._write_loop())
 
     async def _write_loop(self) -> None:
         """Drain what could not be written at once (before the auth reply, or while the socket

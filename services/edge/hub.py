@@ -88,12 +88,11 @@ class Hub:
 
     async def _wait_attached(self, states: list[ChannelState]) -> None:
         futures = {s.attached for s in states if s.attached is not None}
-        if futures:
+        late: set[asyncio.Future[None]] = set()
+        if futures:  # (another subscriber may have given up on them meanwhile)
             _, late = await asyncio.wait(futures, timeout=self._attach_timeout_s)
-        else:
-            late = set()
         for state in states:
-            if state.attached is not None and state.attached in late:
+            if state.attached in late:
                 log.warning("attach_timeout", channel=state.sync.channel)
             state.attached = None  # live, or given up on: later subscribers do not wait
 

@@ -35,7 +35,7 @@ from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.rpc import credential_metadata, insecure_channel
-from services.common.sharding import owner_of
+from services.common.sharding import OwnerCache
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics
 from services.edge.domain import Delivery, Event, PublishResult
@@ -306,7 +306,7 @@ class RouterPool:
         self._ids = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
         self._attach_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._owners: dict[str, str | None] = {}  # channel -> owner among self.links (hashed once per router set)
+        self._owners = OwnerCache()  # channel -> owner among self.links (hashed once per router set)
 
     def register(self, sink: DeliverySink) -> None:
         """Send deliveries and re-attach notices to `sink` from now on (before any stream opens)."""
@@ -330,7 +330,7 @@ class RouterPool:
             if router_id not in self.links:
                 link = self.links[router_id] = RouterLink(self, router_id, address, link_address)
                 link.start()
-        self._owners.clear()
+        self._owners.reset()
         moved = 0
         for channel, current in list(self.assigned.items()):
             owner = self.owner(channel)
@@ -350,13 +350,7 @@ class RouterPool:
 
     def owner(self, channel: str) -> str | None:
         """The channel's owner among the routers this edge knows (None: no router)."""
-        try:
-            return self._owners[channel]
-        except KeyError:
-            if len(self._owners) > 100_000:  # bound the cache; it only saves hashing
-                self._owners.clear()
-            owner = self._owners[channel] = owner_of(channel, self.links)
-            return owner
+        return self._owners.owner(channel, self.links)
 
     def channels_on(self, router_id: str) -> list[str]:
         return [c for c, r in self.assigned.items() if r == router_id]

@@ -483,44 +483,44 @@ SNIFF_MAX = max(len(r) for r in WS_REQUESTS)
 class EdgeHttpProtocol(asyncio.Protocol):
     """uvicorn's `http` class for the edge. A connection whose first request is a GET on one of
     the WebSocket routes goes straight to the `ws` class (EdgeWebSocketProtocol); anything else
-    is handed, bytes as received, to uvicorn's own HTTP protocol (which also upgrades a later request on a
-    kept-alive connection through its `ws` class). This saves a WebSocket connection uvicorn's
-    HTTP parsing, its scope, and the request head it would rebuild for the `ws` class: about a
-    tenth of an edge's CPU in a connection storm."""
+    is handed, bytes as received, to uvicorn's own HTTP protocol (which also upgrades a later
+    request on a kept-alive connection through its `ws` class). This saves a WebSocket
+    connection uvicorn's HTTP parsing, its scope, and the request head it would rebuild for the
+    `ws` class: about a tenth of an edge's CPU in a connection storm."""
 
-    __slots__ = ("_args", "_buf", "transport")
+    __slots__ = ("_app_state", "_buf", "_config", "_loop", "_server_state", "transport")
     transport: asyncio.Transport
 
     def __init__(self, config: Config, server_state: Any, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._args = (config, server_state, app_state, _loop)
+        self._config, self._server_state, self._app_state, self._loop = config, server_state, app_state, _loop
         self._buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self._args[1].connections.add(self)
+        self._server_state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._args[1].connections.discard(self)
+        self._server_state.connections.discard(self)
 
     def shutdown(self) -> None:  # uvicorn is stopping before a request came
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         head = self._buf + data if self._buf else data
-        config, server_state, app_state, loop = self._args
+        config = self._config
         ws_class = config.ws_protocol_class  # this module's, unless configured otherwise
         if ws_class is not None and config.limit_concurrency is None and head.startswith(WS_REQUESTS):
             # the ws class parses the request head itself
             protocol: asyncio.Protocol = ws_class(  # type: ignore[call-arg]
-                config=config, server_state=server_state, app_state=app_state)
+                config=config, server_state=self._server_state, app_state=self._app_state)
         elif len(head) < SNIFF_MAX and any(r.startswith(head) for r in WS_REQUESTS):
             self._buf = head  # too short to tell yet
             return
         else:
-            protocol = AutoHTTPProtocol(config=config, server_state=server_state,  # type: ignore[call-arg]
-                                        app_state=app_state, _loop=loop)
-        server_state.connections.discard(self)
+            protocol = AutoHTTPProtocol(config=config, server_state=self._server_state,  # type: ignore[call-arg]
+                                        app_state=self._app_state, _loop=self._loop)
+        self._server_state.connections.discard(self)
         self._buf = b""
         protocol.connection_made(self.transport)
         self.transport.set_protocol(protocol)

@@ -14,7 +14,7 @@ import time
 
 import structlog
 
-from services.common.sharding import owner_of
+from services.common.sharding import OwnerCache
 from services.common.store.base import StoreError
 from services.common.tasks import cancel_and_wait
 from services.router.links import EdgeLink
@@ -35,7 +35,7 @@ class Ownership:
         self.links: dict[str, EdgeLink] = {}
         self.subs: dict[str, set[str]] = {}           # channel -> edges attached here
         self._stored: dict[str, tuple[float, set[str]]] = {}  # channel -> (loaded at, edges)
-        self._owners: dict[str, str] = {}  # channel -> owner in the current router set
+        self._owners = OwnerCache()  # channel -> owner in the current router set
         self._store = store
         self._refresh_s = refresh_s
         self._loading: dict[str, asyncio.Future[set[str] | None]] = {}  # channel -> its pending load
@@ -49,7 +49,7 @@ class Ownership:
         self.routers = frozenset(routers - {self.node_id} if self.draining and len(routers - {self.node_id})
                                  else routers | {self.node_id})
         self._stored.clear()  # ownership may have moved: reload the stored edge sets lazily
-        self._owners.clear()
+        self._owners.reset()
 
     def drain(self) -> None:
         """Stop owning channels: publishes reaching us from now on go to the remaining routers."""
@@ -58,12 +58,7 @@ class Ownership:
 
     def owner(self, channel: str) -> str:
         """The channel's owner in the current router set (hashed once per channel and set)."""
-        owner = self._owners.get(channel)
-        if owner is None:
-            if len(self._owners) > 100_000:  # bound the cache; it only saves hashing
-                self._owners.clear()
-            owner = self._owners[channel] = owner_of(channel, self.routers) or self.node_id
-        return owner
+        return self._owners.owner(channel, self.routers) or self.node_id
 
     def owns(self, channel: str) -> bool:
         return self.owner(channel) == self.node_id
@@ -192,7 +187,7 @@ class Ownership:
         except StoreError as e:
             log.warning("ownership_load_failed", channels=len(batch), error=str(e))
         finally:
-            if not batch:  # cancelled before taking the batch: the next load takes it
+            if not batch:  # cancelled before taking the batch: take it, so no load waits forever
                 batch, self._batch = self._batch, []
             for i, c in enumerate(batch):
                 fut = self._loading.pop(c, None)

@@ -87,17 +87,23 @@ def load_script(client: aioredis.Redis, path: Path) -> Any:
 
 
 async def evalsha_many(client: aioredis.Redis, script: Any,
-                       calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+                       calls: Sequence[tuple[Sequence[str], Sequence[Any]]], *,
+                       raise_on_error: bool = False) -> list[Any]:
     """Run a registered script once per (keys, args) in one pipeline: one round trip.
 
     Not a transaction: each script call is atomic on its own, and the calls' keys may live on
     different shards. EVALSHA directly (a Script object in a pipeline asks SCRIPT EXISTS on
     every execute); if the store lost its scripts, load it and run the batch again, so the
-    calls must be idempotent. Per-call errors are returned, not raised."""
+    calls must be idempotent. Per-call errors are returned, or with `raise_on_error` the first
+    is raised (callers' `translate_errors` makes it a StoreError)."""
     replies = await _evalsha_pipeline(client, script.sha, calls)
     if any(isinstance(r, NoScriptError) for r in replies):
         await client.script_load(script.script)
         replies = await _evalsha_pipeline(client, script.sha, calls)
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
     return replies
 
 

@@ -45,10 +45,8 @@ class DragonflyPresenceStore:
             return {}
         channels = list(counts)
         raw = await evalsha_many(self._r, self._update, [
-            (self._k(c), self._args(node_id, ttl_s, counts[c], False)) for c in channels])
-        for reply in raw:
-            if isinstance(reply, Exception):
-                raise reply  # translate_errors makes it a StoreError
+            (self._k(c), self._args(node_id, ttl_s, counts[c], False)) for c in channels],
+            raise_on_error=True)
         return {c: _presence_change(r)[0] for c, r in zip(channels, raw, strict=True)}
 
     @translate_errors
