@@ -16,15 +16,22 @@ history node (`append_via = "history"`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+import structlog
 
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.history_client import HistoryCallError, HistoryUnavailableError, outcome_of
 from services.common.tasks import cancel_and_wait
 from services.history.writer import StreamWriter
 
-_Item = tuple[str, Sequence[hpb.Event], "asyncio.Future[hpb.AppendResponse]"]
+log = structlog.get_logger("switchboard.router")
+
+Outcome = hpb.AppendResponse | HistoryCallError
+AppendDone = Callable[[Outcome], None]
+_Item = tuple[str, Sequence[hpb.Event], AppendDone]
 
 
 class BatchAppendClient(Protocol):
@@ -58,22 +65,43 @@ class DirectAppends:
 
 
 class Appender:
+    """Group commit. `submit` takes a callback, not a future: the publisher's pipelines are
+    callbacks too, so a publish costs no task and no future on the owner's path."""
+
     def __init__(self, history: BatchAppendClient, *, max_events: int, max_inflight: int = 2) -> None:
         self._history = history
         self._max_events = max_events
         self._max_inflight = max_inflight
-        self._queued: list[_Item] = []
+        self._queued: deque[_Item] = deque()
         self._flush_scheduled = False
+        self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def append(self, channel: str, events: Sequence[hpb.Event]) -> hpb.AppendResponse:
-        """Append one channel's events atomically. Raises HistoryCallError."""
+    def submit(self, channel: str, events: Sequence[hpb.Event], done: AppendDone) -> None:
+        """Append one channel's events atomically; `done` gets the response or a
+        HistoryCallError, exactly once, from the event loop (never from inside submit)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[hpb.AppendResponse] = loop.create_future()
-        self._queued.append((channel, events, fut))
+        if self._closed:
+            loop.call_soon(done, HistoryUnavailableError("router shutting down"))
+            return
+        self._queued.append((channel, events, done))
         if not self._flush_scheduled and len(self._tasks) < self._max_inflight:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
+
+    async def append(self, channel: str, events: Sequence[hpb.Event]) -> hpb.AppendResponse:
+        """`submit`, awaited. Raises HistoryCallError."""
+        fut: asyncio.Future[hpb.AppendResponse] = asyncio.get_running_loop().create_future()
+
+        def done(outcome: Outcome) -> None:
+            if fut.done():
+                return
+            if isinstance(outcome, HistoryCallError):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+        self.submit(channel, events, done)
         return await fut
 
     def _flush(self) -> None:
@@ -82,7 +110,7 @@ class Appender:
             batch: list[_Item] = []
             size = 0
             while self._queued and (not batch or size + len(self._queued[0][1]) <= self._max_events):
-                item = self._queued.pop(0)
+                item = self._queued.popleft()
                 batch.append(item)
                 size += len(item[1])
             task = asyncio.create_task(self._call(batch))
@@ -95,30 +123,37 @@ class Appender:
             self._flush()  # what queued while every slot was busy leaves now, together
 
     async def _call(self, batch: list[_Item]) -> None:
+        answered = 0
         try:
-            outcomes = await self._history.append_batch([(c, evs) for c, evs, _ in batch])
-        except HistoryCallError as e:
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        except BaseException as e:
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(HistoryCallError(f"append batch failed: {e!r}"))
+            try:
+                outcomes: Sequence[Outcome] = await self._history.append_batch(
+                    [(c, evs) for c, evs, _ in batch])
+            except HistoryCallError as e:
+                outcomes = [e] * len(batch)
+            for (_, _, done), outcome in zip(batch, outcomes, strict=True):
+                answered += 1
+                _answer(done, outcome)
+        except BaseException as e:  # cancelled (shutdown) or a bug: the rest still get an answer
+            failed = (HistoryUnavailableError("router shutting down")
+                      if isinstance(e, asyncio.CancelledError)
+                      else HistoryCallError(f"append batch failed: {e!r}"))
+            for _, _, done in batch[answered:]:
+                _answer(done, failed)
             raise
-        for (_, _, fut), outcome in zip(batch, outcomes, strict=True):
-            if fut.done():
-                continue
-            if isinstance(outcome, HistoryCallError):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
 
     async def aclose(self) -> None:
-        queued, self._queued = self._queued, []
-        for _, _, fut in queued:
-            if not fut.done():
-                fut.set_exception(HistoryCallError("router shutting down"))
+        """Answer what is queued with an error, cancel the calls under way (their appends are
+        answered too); later submits are answered at once."""
+        self._closed = True
+        queued, self._queued = self._queued, deque()
+        for _, _, done in queued:
+            _answer(done, HistoryUnavailableError("router shutting down"))
         for task in list(self._tasks):
             await cancel_and_wait(task)
+
+
+def _answer(done: AppendDone, outcome: Outcome) -> None:
+    try:
+        done(outcome)
+    except Exception:  # one caller's bug must not leave the batch's other appends unanswered
+        log.exception("append_callback_failed")

@@ -149,20 +149,31 @@ class Ownership:
         if cached is not None:
             cached[1].discard(edge_id)
 
+    def targets_now(self, channel: str) -> list[EdgeLink] | None:
+        """`targets` when it needs no store read (the stored set is cached and fresh), else None."""
+        cached = self._stored.get(channel)
+        if cached is None or time.monotonic() - cached[0] > self._refresh_s:
+            return None
+        return self._links_of(channel, cached[1])
+
     async def targets(self, channel: str) -> list[EdgeLink]:
         """Connected edges that receive the channel: attached here, or attached to a previous
         owner (from the store, re-read at most every refresh_s, never per message)."""
-        edges = set(self.subs.get(channel, ()))
-        now = time.monotonic()
+        links = self.targets_now(channel)
+        if links is not None:
+            return links
         cached = self._stored.get(channel)
-        if cached is None or now - cached[0] > self._refresh_s:
-            stored = await self._load(channel)
-            if stored is None:
-                stored = cached[1] if cached else set()
-            if len(self._stored) > 100_000:  # bound the cache; it only saves store reads
-                self._stored.clear()
-            cached = self._stored[channel] = (now, stored)
-        edges |= cached[1]
+        stored = await self._load(channel)
+        if stored is None:
+            stored = cached[1] if cached else set()
+        if len(self._stored) > 100_000:  # bound the cache; it only saves store reads
+            self._stored.clear()
+        self._stored[channel] = (time.monotonic(), stored)
+        return self._links_of(channel, stored)
+
+    def _links_of(self, channel: str, stored: set[str]) -> list[EdgeLink]:
+        attached = self.subs.get(channel)
+        edges = stored | attached if attached else stored
         return [link for e in edges if (link := self.links.get(e)) is not None and not link.broken]
 
     async def _load(self, channel: str) -> set[str] | None:

@@ -1,10 +1,11 @@
 """The publish path: forward to the owner, or append to history in per-channel order and fan out.
 
-Per channel, publishes queue in a bounded pipeline drained by one task, which appends a batch
-to the channel's history stream (the store's script is the single ordering point: it assigns
-offsets; the router stores it itself or through a history node, see appender.py) and then sends
-each event once to every edge that needs it. A durable publish is acknowledged only after the
-history stream holds it.
+Per channel, publishes queue in a bounded pipeline with at most one append in flight: a batch is
+appended to the channel's history stream (the store's script is the single ordering point: it
+assigns offsets; the router stores it itself or through a history node, see appender.py), then
+each event is sent once to every edge that needs it, then the next batch leaves. The pipeline is
+driven by the append's callback, not by a task of its own: a publish costs no task and no future.
+A durable publish is acknowledged only after the history stream holds it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.common.rpc import credential_metadata, insecure_channel
 from services.common.telemetry import GrpcMetrics
 from services.router.appender import Appender, BatchAppendClient
 from services.router.errors import InvalidPublishError, OverloadedError, RouterError
+from services.router.links import EdgeLink
 from services.router.metrics import RouterMetrics
 from services.router.ownership import Ownership
 
@@ -40,10 +42,13 @@ MAX_EVENTS_PER_APPEND_CALL = 1_000  # history's limit per channel; the batch cal
 AckCallback = Callable[[pb.PublishAck], None]
 
 
+_Batch = list[tuple[pb.PublishRequest, AckCallback]]
+
+
 @dataclass
 class _Pipeline:
     items: deque[tuple[pb.PublishRequest, AckCallback]] = field(default_factory=deque)
-    task: asyncio.Task[None] | None = None
+    busy: bool = False  # a batch is being appended or fanned out
 
 
 def events_of(request: pb.PublishRequest) -> list[hpb.Event]:
@@ -72,6 +77,12 @@ class Publisher:
         self._peer_channels: dict[str, aio.Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.published: dict[str, int] = {}
+        self._drained = asyncio.Event()  # no pipeline left (waited for by aclose)
+        # Label children looked up once: a publish updates several of them.
+        self._publish_seconds = {o: metrics.publish_seconds.labels(o) for o in
+                                 ("ok", "duplicate", "error", "forwarded", "ephemeral")}
+        self._published_ok = metrics.publishes.labels("ok")
+        self._published_dup = metrics.publishes.labels("duplicate")
 
     # ---- entry points ----------------------------------------------------------------------
 
@@ -86,7 +97,7 @@ class Publisher:
             outcome = ("error" if ack.error_code else "forwarded" if forwarding
                        else "ephemeral" if request.ephemeral
                        else "duplicate" if ack.duplicate else "ok")
-            self._m.publish_seconds.labels(outcome).observe(time.perf_counter() - start)
+            self._publish_seconds[outcome].observe(time.perf_counter() - start)
             done(ack)
 
         self._submit(request, timed)
@@ -117,8 +128,8 @@ class Publisher:
             done(error_ack(request, OverloadedError("channel publish queue is full")))
             return
         pipe.items.append((request, done))
-        if pipe.task is None:
-            pipe.task = asyncio.create_task(self._drain(request.channel, pipe))
+        if not pipe.busy:
+            self._next_batch(request.channel, pipe)
 
     async def publish(self, request: pb.PublishRequest) -> pb.PublishAck:
         fut: asyncio.Future[pb.PublishAck] = asyncio.get_running_loop().create_future()
@@ -132,36 +143,60 @@ class Publisher:
 
     # ---- owner path ------------------------------------------------------------------------
 
-    async def _drain(self, channel: str, pipe: _Pipeline) -> None:
-        try:
-            while pipe.items:
-                # Up to batch_max events per append; a request's events are never split.
-                batch = [pipe.items.popleft()]
-                events = len(batch[0][0].more) + 1
-                while pipe.items and events + len(pipe.items[0][0].more) + 1 <= self._batch_max:
-                    batch.append(pipe.items.popleft())
-                    events += len(batch[-1][0].more) + 1
-                await self._append_and_fan_out(channel, batch)
-        finally:
-            pipe.task = None
-            if not pipe.items and self._pipelines.get(channel) is pipe:
+    def _next_batch(self, channel: str, pipe: _Pipeline) -> None:
+        """Append the channel's next batch, or retire its pipeline when nothing is queued."""
+        if not pipe.items:
+            pipe.busy = False
+            if self._pipelines.get(channel) is pipe:
                 del self._pipelines[channel]
-
-    async def _append_and_fan_out(
-        self, channel: str, batch: list[tuple[pb.PublishRequest, AckCallback]],
-    ) -> None:
-        try:
-            with self._m.append_seconds.time():
-                resp = await self._appender.append(channel, [ev for req, _ in batch for ev in events_of(req)])
-        except HistoryCallError as e:
-            self._m.publishes.labels(e.code).inc(len(batch))
-            log.warning("append_failed", channel=channel, error=str(e), requests=len(batch))
-            for req, done in batch:
-                done(pb.PublishAck(request_id=req.request_id, error_code=e.code,
-                                   error_message=str(e)))
+                if not self._pipelines:
+                    self._drained.set()
             return
-        targets = await self._own.targets(channel)
+        # Up to batch_max events per append; a request's events are never split.
+        batch = [pipe.items.popleft()]
+        events = len(batch[0][0].more) + 1
+        while pipe.items and events + len(pipe.items[0][0].more) + 1 <= self._batch_max:
+            batch.append(pipe.items.popleft())
+            events += len(batch[-1][0].more) + 1
+        pipe.busy = True
+        start = time.perf_counter()
+
+        def appended(outcome: hpb.AppendResponse | HistoryCallError) -> None:
+            self._m.append_seconds.observe(time.perf_counter() - start)
+            self._appended(channel, pipe, batch, outcome)
+
+        self._appender.submit(channel, [ev for req, _ in batch for ev in events_of(req)], appended)
+
+    def _appended(self, channel: str, pipe: _Pipeline, batch: _Batch,
+                  outcome: hpb.AppendResponse | HistoryCallError) -> None:
+        try:
+            if isinstance(outcome, HistoryCallError):
+                self._m.publishes.labels(outcome.code).inc(len(batch))
+                log.warning("append_failed", channel=channel, error=str(outcome), requests=len(batch))
+                for req, done in batch:
+                    done(pb.PublishAck(request_id=req.request_id, error_code=outcome.code,
+                                       error_message=str(outcome)))
+            else:
+                targets = self._own.targets_now(channel)
+                if targets is None:  # the stored edge set must be read first
+                    self._spawn(self._fan_out_loaded(channel, pipe, batch, outcome))
+                    return
+                self._fan_out_stored(channel, batch, outcome, targets)
+        except Exception:  # answered or not, the pipeline moves on
+            log.exception("publish_batch_failed", channel=channel)
+        self._next_batch(channel, pipe)
+
+    async def _fan_out_loaded(self, channel: str, pipe: _Pipeline, batch: _Batch,
+                              resp: hpb.AppendResponse) -> None:
+        try:
+            self._fan_out_stored(channel, batch, resp, await self._own.targets(channel))
+        finally:
+            self._next_batch(channel, pipe)
+
+    def _fan_out_stored(self, channel: str, batch: _Batch, resp: hpb.AppendResponse,
+                        targets: list[EdgeLink]) -> None:
         results = iter(resp.results)
+        ok = dup = 0
         for req, done in batch:
             stored: list[hpb.Appended] = []
             for ev in events_of(req):
@@ -175,12 +210,19 @@ class Publisher:
                     priority=ev.priority, accepted_unix_us=req.accepted_unix_us))
                 for link in targets:
                     link.send(delivery)
-                self._m.deliveries.inc(len(targets))
                 self._m.fanout.observe(len(targets))
-                self._m.publishes.labels("duplicate" if res.duplicate else "ok").inc()
+                if res.duplicate:
+                    dup += 1
+                else:
+                    ok += 1
             first = stored[0]
             done(pb.PublishAck(request_id=req.request_id, offset=first.offset,
                                epoch=resp.epoch, duplicate=first.duplicate, more=stored[1:]))
+        self._m.deliveries.inc((ok + dup) * len(targets))
+        if ok:
+            self._published_ok.inc(ok)
+        if dup:
+            self._published_dup.inc(dup)
         self.published[channel] = self.published.get(channel, 0) + len(resp.results)
 
     def _fan_out(self, channel: str, delivery: pb.Delivery) -> None:
@@ -231,15 +273,21 @@ class Publisher:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self, grace_s: float) -> None:
-        """Let queued publishes finish within grace_s, then cancel what is left."""
-        pending = [p.task for p in self._pipelines.values() if p.task] + list(self._tasks)
-        if pending:
-            await asyncio.wait(pending, timeout=grace_s)
-        for task in [p.task for p in self._pipelines.values() if p.task] + list(self._tasks):
+        """Let queued publishes finish within grace_s; then what is left is answered with a
+        retryable error (the appender refuses further appends) and tasks are cancelled."""
+        deadline = time.monotonic() + grace_s
+        if self._pipelines:
+            self._drained.clear()  # set when the last pipeline retires
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._drained.wait()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        await self._appender.aclose()  # answers what it holds: the pipelines run dry with errors
+        for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._appender.aclose()
         channels, self._peer_channels = self._peer_channels, {}
         for ch in channels.values():
             await ch.close(None)
