@@ -277,6 +277,27 @@ async def test_append_many_appends_each_channel_atomically_in_one_call(backend: 
     assert offsets_of(await store.read("session:a", 0, 100)) == [1, 2, 3, 4]
 
 
+async def test_append_many_carries_any_bytes_whole(backend: Backend) -> None:
+    """Bodies, ids and channel names that look like the wire protocol's own framing (CRLF,
+    length prefixes), non-ASCII text and a single append in a batch: stored and read back as sent."""
+    store = build_stream_store(backend, LIMITS)
+    tricky = '{"t":"line\r\n*2\r\n$3\r\nSET\r\n","u":"h\u00e9llo \u2603"}'.encode()
+    [only] = await store.append_many([("session:\u00e9t\u00e9", [ev("id\r\n\u2603", tricky, 3)])],
+                                     new_epoch="E")
+    assert isinstance(only, AppendResult) and only.offsets == [1]
+    results = await store.append_many([
+        ("session:\u00e9t\u00e9", [ev("x", b'{"big":"' + b"y" * 70_000 + b'"}')]),
+        ("session:plain", [ev("id\r\n\u2603", tricky)]),
+    ], new_epoch="E")
+    assert [r.offsets for r in results if isinstance(r, AppendResult)] == [[2], [1]]
+    read = await store.read("session:\u00e9t\u00e9", 0, 10)
+    assert [(e.body, e.priority) for e in read.events] == [
+        (tricky, 3), (b'{"big":"' + b"y" * 70_000 + b'"}', 2)]
+    dup = await store.append_many([("session:\u00e9t\u00e9", [ev("id\r\n\u2603", b'{"other":1}')])],
+                                  new_epoch="E")
+    assert isinstance(dup[0], AppendResult) and (dup[0].offsets, dup[0].duplicates) == ([1], [True])
+
+
 # ---- streams: idempotency ------------------------------------------------------------------
 
 

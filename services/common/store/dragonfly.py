@@ -15,7 +15,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.store.base import (
@@ -109,11 +109,48 @@ async def evalsha_many(client: aioredis.Redis, script: Any,
 
 async def _evalsha_pipeline(client: aioredis.Redis, sha: str,
                             calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-    async with client.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-    return replies
+    """The calls written at once and their replies read, on one pooled connection, with the
+    connection's retry policy, as a redis-py pipeline does. Packed here: the commands of a
+    batch are the hot path of every durable publish, and redis-py's general packing (an encoder
+    call per argument) and pipeline object were a fifth of a router's CPU under load."""
+    packed = _pack_evalsha(sha, calls)
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+    async def run() -> list[Any]:
+        await conn.send_packed_command(packed)
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as e:  # this call's error; the connection stays in step
+                replies.append(e)
+        return replies
+
+    async def failed(error: Exception) -> None:
+        await conn.disconnect()
+
+    try:
+        replies: list[Any] = await conn.retry.call_with_retry(run, failed)
+        return replies
+    except BaseException:
+        await conn.disconnect(nowait=True)  # replies may be unread: never reuse it
+        raise
+    finally:
+        await pool.release(conn)
+
+
+def _pack_evalsha(sha: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> bytes:
+    """EVALSHA commands in RESP: keys are str, arguments str, bytes or int."""
+    parts: list[bytes] = []
+    head = b"$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(sha), sha.encode())
+    for keys, args in calls:
+        nkeys = b"%d" % len(keys)
+        parts.append(b"*%d\r\n%s$%d\r\n%s\r\n" % (3 + len(keys) + len(args), head, len(nkeys), nkeys))
+        for a in (*keys, *args):
+            b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
+            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
 
 
 class DragonflyMembershipStore:

@@ -55,9 +55,6 @@ class DragonflyStreamStore:
         self, appends: Sequence[tuple[str, Sequence[NewEvent]]], *, new_epoch: str,
     ) -> list[AppendResult | StoreError]:
         calls = [self._append_call(channel, events, new_epoch) for channel, events in appends]
-        if len(calls) == 1:  # a pipeline of one costs more than the call
-            keys, args = calls[0]
-            return [_append_result(await self._append(keys=keys, args=args))]
         replies = await evalsha_many(self._r, self._append, calls)  # idempotent by event id
         return [store_error(r) if isinstance(r, Exception) else _append_result(r) for r in replies]
 
