@@ -127,10 +127,12 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 
 def _drop_nulls(value: Any) -> Any:
+    # Recurses only into containers: a call per leaf was most of an edge's envelope encoding.
     if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+        return {k: _drop_nulls(v) if isinstance(v, (dict, list)) else v
+                for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_nulls(v) for v in value]
+        return [_drop_nulls(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
 
 

@@ -25,23 +25,23 @@ F = TypeVar("F")  # a frame: prepared WebSocket frame bytes at the edge, anythin
 class SendQueue(Generic[F]):
     # Lanes and the room event are made on first use: most connections never queue anything
     # (frames go straight to the socket), and an empty deque or Event costs about 600 bytes.
-    __slots__ = ("_half", "_lanes", "_ready", "_room", "_size", "max_items", "shed")
+    __slots__ = ("_half", "_lanes", "_ready", "_room", "max_items", "shed", "size")
 
     def __init__(self, max_items: int) -> None:
         self._lanes: list[deque[tuple[F, float]] | None] = [None, None, None]
         self.max_items = max_items
         self._half = max(1, max_items // 2)
-        self._size = 0
+        self.size = 0
         self._ready: asyncio.Event | None = None
         self._room: asyncio.Event | None = None  # exists only while someone waits for room
         self.shed = 0  # lane-2 frames dropped to make room
 
     def __len__(self) -> int:
-        return self._size
+        return self.size  # frames queued (read `size` on hot paths: no call)
 
     def push(self, frame: F, priority: int, durable: bool, accepted: float = 0.0) -> bool:
         lane = 1 if durable else (0 if priority <= 1 else 2)
-        if self._size >= self.max_items:
+        if self.size >= self.max_items:
             shed = self._lanes[2]
             if not shed:
                 if lane == 2:  # a full queue of what matters: this typing indicator goes
@@ -49,22 +49,22 @@ class SendQueue(Generic[F]):
                     return True
                 return False
             shed.popleft()
-            self._size -= 1
+            self.size -= 1
             self.shed += 1
         queue = self._lanes[lane]
         if queue is None:
             queue = self._lanes[lane] = deque()
         queue.append((frame, accepted))
-        self._size += 1
+        self.size += 1
         if self._ready is not None:
             self._ready.set()
-        if self._size >= self._half and self._room is not None:
+        if self.size >= self._half and self._room is not None:
             self._room.clear()
         return True
 
     async def wait_ready(self) -> None:
         """Wait until something is queued."""
-        while self._size == 0:
+        while self.size == 0:
             if self._ready is None:
                 self._ready = asyncio.Event()
             self._ready.clear()
@@ -77,8 +77,8 @@ class SendQueue(Generic[F]):
             while lane and len(out) < limit:
                 frame, accepted = lane.popleft()
                 out.append((frame, i, accepted))
-        self._size -= len(out)
-        if self._size < self._half and self._room is not None:
+        self.size -= len(out)
+        if self.size < self._half and self._room is not None:
             self._room.set()
         return out
 
@@ -89,7 +89,7 @@ class SendQueue(Generic[F]):
 
     async def wait_room(self) -> None:
         """Wait until the queue is less than half full (paced producers such as a replay)."""
-        while self._size >= self._half:
+        while self.size >= self._half:
             if self._room is None:
                 self._room = asyncio.Event()
             self._room.clear()

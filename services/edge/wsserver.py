@@ -289,7 +289,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
 
     @property
     def writable(self) -> bool:
-        return not self._write_paused and self.open
+        return not self._write_paused and self._state == OPEN and not self.transport.is_closing()
 
     async def wait_writable(self) -> None:
         if not self._write_paused or self._state == CLOSED:
