@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import structlog
@@ -14,6 +17,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
 def configure_logging(*, json: bool = True, level: str = "info") -> None:
@@ -38,6 +43,79 @@ def configure_logging(*, json: bool = True, level: str = "info") -> None:
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Streams (Connect) live for minutes to days.
 GRPC_BUCKETS = (*FAST_BUCKETS, 30.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
+
+
+class LoopHistogram:
+    """One histogram written by one event loop without a lock, read when scraped. A
+    prometheus-client histogram takes a lock and scans its buckets on every observation, which
+    costs more than some of what it measures (a fan-out to one edge, a frame written)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def time(self) -> _Timer:
+        """`with h.time():` observes the block's duration in seconds."""
+        return _Timer(self)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return out
+
+
+class _Timer:
+    __slots__ = ("_h", "_start")
+
+    def __init__(self, h: LoopHistogram) -> None:
+        self._h = h
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._h.observe(time.perf_counter() - self._start)
+
+
+class LoopHistograms(Collector):
+    """A histogram metric of LoopHistogram children, one per label values, exported in the
+    Prometheus histogram format. Children are made by the loop and only read by the scrape."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
+        self._buckets = tuple(buckets)
+        self._children: dict[tuple[str, ...], LoopHistogram] = {}
+        if not labelnames:
+            self.labels()  # exported at zero from the start, as prometheus-client does
+        registry.register(self)
+
+    def labels(self, *values: str) -> LoopHistogram:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+            child = self._children[values] = LoopHistogram(self._buckets)
+        return child
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for values, h in list(self._children.items()):
+            family.add_metric(list(values), h.buckets(), h.sum)
+        yield family
 
 
 def new_registry() -> CollectorRegistry:

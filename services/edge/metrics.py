@@ -9,15 +9,14 @@ every update, which would cost more than the write itself.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterator, Sized
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.common.telemetry import FAST_BUCKETS
+from services.common.telemetry import FAST_BUCKETS, LoopHistograms
 
 LANES = ("control", "durable", "ephemeral")  # SendQueue lane index -> label
 ENDPOINTS = ("chat", "agent_status")
@@ -44,7 +43,10 @@ class EdgeMetrics:
         # Per delivered frame, by lane index: plain lists, exported by _HotCollector.
         self.frames_out = [0, 0, 0]
         self.bytes_out = [0, 0, 0]
-        self.delivery_latency = LatencyHistogram(FAST_BUCKETS)
+        self.delivery_latency = LoopHistograms(
+            "edge_delivery_latency_seconds",
+            "Publish accepted by an edge until the frame is written to a client (live deliveries)",
+            buckets=FAST_BUCKETS, registry=registry).labels()
         self.bytes_in = Counter("edge_bytes_in_total", "Bytes received from clients",
                                 registry=registry)
         self.errors = Counter("edge_client_errors_total", "Error events sent, by code",
@@ -70,9 +72,9 @@ class EdgeMetrics:
         self.publishes = Counter("edge_publishes_total", "Publishes by source and result",
                                  ["source", "result"], registry=registry)
         self.client_publishes_ok = self.publishes.labels("client", "ok")  # once per client message
-        self.publish_seconds = Histogram("edge_publish_duration_seconds",
-                                         "Publish until acknowledged", buckets=FAST_BUCKETS,
-                                         registry=registry)
+        self.publish_seconds = LoopHistograms("edge_publish_duration_seconds",
+                                              "Publish until acknowledged", buckets=FAST_BUCKETS,
+                                              registry=registry).labels()
         self.ready = Gauge("edge_ready", "1 when /readyz answers 200 (refreshed every few seconds)",
                            registry=registry)
         self._registry = registry
@@ -120,28 +122,6 @@ class _LiveCollector(Collector):
         return [active, frames, fullest, routers]
 
 
-class LatencyHistogram:
-    """A histogram updated without a lock (one event loop writes it), read at scrape time."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out, total = [], 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += n
-            out.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
-        return out
-
-
 class _HotCollector(Collector):
     def __init__(self, m: EdgeMetrics) -> None:
         self._m = m
@@ -152,9 +132,4 @@ class _HotCollector(Collector):
         for i, lane in enumerate(LANES):
             frames.add_metric([lane], self._m.frames_out[i])
             sent.add_metric([lane], self._m.bytes_out[i])
-        latency = HistogramMetricFamily(
-            "edge_delivery_latency_seconds",
-            "Publish accepted by an edge until the frame is written to a client (live deliveries)")
-        h = self._m.delivery_latency
-        latency.add_metric([], h.buckets(), h.sum)
-        return iter([frames, sent, latency])
+        return iter([frames, sent])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.common.telemetry import FAST_BUCKETS
+from services.common.telemetry import FAST_BUCKETS, LoopHistograms
 
 FANOUT_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 
@@ -15,15 +15,16 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.publishes = Counter("router_publishes_total", "Publishes handled, by result",
                                  ["result"], registry=registry)
-        self.publish_seconds = Histogram("router_publish_duration_seconds",
-                                         "Publish received until acknowledged, by outcome",
-                                         ["outcome"], buckets=FAST_BUCKETS, registry=registry)
+        # Updated per publish or per event: lock-free (services/common/telemetry.py).
+        self.publish_seconds = LoopHistograms("router_publish_duration_seconds",
+                                              "Publish received until acknowledged, by outcome",
+                                              ["outcome"], buckets=FAST_BUCKETS, registry=registry)
         self.forwards = Counter("router_forwards_total", "Publishes forwarded to the owner",
                                 ["result"], registry=registry)
         self.deliveries = Counter("router_deliveries_total", "Events sent to edges",
                                   registry=registry)
-        self.fanout = Histogram("router_fanout_edges", "Edges one event is sent to",
-                                buckets=FANOUT_BUCKETS, registry=registry)
+        self.fanout = LoopHistograms("router_fanout_edges", "Edges one event is sent to",
+                                     buckets=FANOUT_BUCKETS, registry=registry).labels()
         self.edges = Gauge("router_edges_connected", "Edges with an open Connect stream or stream link",
                            registry=registry)
         self.dropped_links = Counter("router_edge_links_dropped_total",
@@ -35,9 +36,9 @@ class RouterMetrics:
                                      ["reason"], registry=registry)
         for reason in ("hello", "token"):
             self.links_refused.labels(reason)  # exported at 0 from the start
-        self.append_seconds = Histogram("router_history_append_duration_seconds",
-                                        "Batch append latency to history", buckets=FAST_BUCKETS,
-                                        registry=registry)
+        self.append_seconds = LoopHistograms("router_history_append_duration_seconds",
+                                             "Batch append latency to history", buckets=FAST_BUCKETS,
+                                             registry=registry).labels()
         self.attaches = Counter("router_attaches_total", "Channels attached by edges",
                                 registry=registry)
         self.detaches = Counter("router_detaches_total", "Channels detached by edges",
