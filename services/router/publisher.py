@@ -190,6 +190,8 @@ class Publisher:
                               resp: hpb.AppendResponse) -> None:
         try:
             self._fan_out_stored(channel, batch, resp, await self._own.targets(channel))
+        except Exception:  # as in _appended: the pipeline moves on
+            log.exception("publish_batch_failed", channel=channel)
         finally:
             self._next_batch(channel, pipe)
 
