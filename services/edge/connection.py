@@ -570,17 +570,11 @@ class Connection:
                 return
             self.offsets[channel] = offset
         # Nothing queued and the socket takes data: write now, in this loop iteration, with no
-        # task switch. Otherwise queue it (lanes, bound, 4008) for the writer task. This runs
-        # once per subscriber of every event: keep it free of calls it can do without.
+        # task switch. Otherwise queue it (lanes, bound, 4008) for the writer task.
         frames = self._frames
         if self._direct and frames is not None and not self.queue.size and frames.writable:
-            frames.write_one(frame)
-            m = self.ctx.metrics
-            lane = 1 if offset else (0 if priority <= 1 else 2)
-            m.frames_out[lane] += 1
-            m.bytes_out[lane] += len(frame)
-            if accepted:  # a live delivery: publish accepted -> written to this socket
-                m.delivery_latency.observe(time.time() - accepted)
+            frames.write((frame,))
+            self._count_out(frame, 1 if offset else (0 if priority <= 1 else 2), accepted)
             return
         if not self.queue.push(frame, priority, durable=offset > 0, accepted=accepted):
             self._overflow()
@@ -591,7 +585,7 @@ class Connection:
         m = self.ctx.metrics
         m.frames_out[lane] += 1
         m.bytes_out[lane] += len(frame)
-        if accepted:
+        if accepted:  # a live delivery: publish accepted -> written to this socket
             m.delivery_latency.observe(time.time() - accepted)
 
     def _overflow(self) -> None:

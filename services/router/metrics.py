@@ -19,6 +19,8 @@ class RouterMetrics:
         self.publish_seconds = LoopHistograms("router_publish_duration_seconds",
                                               "Publish received until acknowledged, by outcome",
                                               ["outcome"], buckets=FAST_BUCKETS, registry=registry)
+        for outcome in ("ok", "duplicate", "error", "forwarded", "ephemeral"):
+            self.publish_seconds.labels(outcome)  # exported at 0 from the start
         self.forwards = Counter("router_forwards_total", "Publishes forwarded to the owner",
                                 ["result"], registry=registry)
         self.deliveries = Counter("router_deliveries_total", "Events sent to edges",

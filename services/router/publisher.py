@@ -78,9 +78,7 @@ class Publisher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.published: dict[str, int] = {}
         self._drained = asyncio.Event()  # no pipeline left (waited for by aclose)
-        # Label children looked up once: a publish updates several of them.
-        self._publish_seconds = {o: metrics.publish_seconds.labels(o) for o in
-                                 ("ok", "duplicate", "error", "forwarded", "ephemeral")}
+        # Counter children looked up once (prometheus-client's labels() is costly per publish).
         self._published_ok = metrics.publishes.labels("ok")
         self._published_dup = metrics.publishes.labels("duplicate")
 
@@ -97,7 +95,7 @@ class Publisher:
             outcome = ("error" if ack.error_code else "forwarded" if forwarding
                        else "ephemeral" if request.ephemeral
                        else "duplicate" if ack.duplicate else "ok")
-            self._publish_seconds[outcome].observe(time.perf_counter() - start)
+            self._m.publish_seconds.labels(outcome).observe(time.perf_counter() - start)
             done(ack)
 
         self._submit(request, timed)
@@ -169,6 +167,28 @@ class Publisher:
 
     def _appended(self, channel: str, pipe: _Pipeline, batch: _Batch,
                   outcome: hpb.AppendResponse | HistoryCallError) -> None:
+        targets: list[EdgeLink] = []
+        if not isinstance(outcome, HistoryCallError):
+            found = self._own.targets_now(channel)
+            if found is None:  # the stored edge set must be read first
+                self._spawn(self._appended_after_load(channel, pipe, batch, outcome))
+                return
+            targets = found
+        self._answer(channel, pipe, batch, outcome, targets)
+
+    async def _appended_after_load(self, channel: str, pipe: _Pipeline, batch: _Batch,
+                                   resp: hpb.AppendResponse) -> None:
+        try:
+            targets = await self._own.targets(channel)
+        except BaseException:  # cancelled (shutdown): the pipeline still moves on
+            self._next_batch(channel, pipe)
+            raise
+        self._answer(channel, pipe, batch, resp, targets)
+
+    def _answer(self, channel: str, pipe: _Pipeline, batch: _Batch,
+                outcome: hpb.AppendResponse | HistoryCallError, targets: list[EdgeLink]) -> None:
+        """Fan the stored events out and acknowledge them (or fail the batch), then let the
+        channel's next batch leave, whatever happened here."""
         try:
             if isinstance(outcome, HistoryCallError):
                 self._m.publishes.labels(outcome.code).inc(len(batch))
@@ -177,23 +197,10 @@ class Publisher:
                     done(pb.PublishAck(request_id=req.request_id, error_code=outcome.code,
                                        error_message=str(outcome)))
             else:
-                targets = self._own.targets_now(channel)
-                if targets is None:  # the stored edge set must be read first
-                    self._spawn(self._fan_out_loaded(channel, pipe, batch, outcome))
-                    return
                 self._fan_out_stored(channel, batch, outcome, targets)
-        except Exception:  # answered or not, the pipeline moves on
+        except Exception:
             log.exception("publish_batch_failed", channel=channel)
         self._next_batch(channel, pipe)
-
-    async def _fan_out_loaded(self, channel: str, pipe: _Pipeline, batch: _Batch,
-                              resp: hpb.AppendResponse) -> None:
-        try:
-            self._fan_out_stored(channel, batch, resp, await self._own.targets(channel))
-        except Exception:  # as in _appended: the pipeline moves on
-            log.exception("publish_batch_failed", channel=channel)
-        finally:
-            self._next_batch(channel, pipe)
 
     def _fan_out_stored(self, channel: str, batch: _Batch, resp: hpb.AppendResponse,
                         targets: list[EdgeLink]) -> None:
