@@ -42,9 +42,9 @@ log = structlog.get_logger("switchboard.edge")
 
 ROUTES: tuple[tuple[str, Kind], ...] = (("/ws/chat/", "chat"), ("/ws/agent-status/", "agent_status"))
 PREFIXES = ("", "/api")  # every route is served at /ws/... and at /api/ws/...
-HANDSHAKE, ACCEPTING, OPEN, CLOSING, CLOSED = range(5)  # a connection's states, in order
+HANDSHAKE, OPEN, CLOSING, CLOSED = range(4)  # a connection's states, in order
 INBOX_MAX = 8  # unread messages before the transport stops reading
-MAX_HEAD = 16 * 1024  # bytes of a request head, or of data sent before the handshake is answered
+MAX_HEAD = 16 * 1024  # bytes of a request head
 CLOSE_TIMEOUT_S = 5.0
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PING = b"\x89\x00"
@@ -85,7 +85,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
     """One WebSocket connection of the edge: the handshake, frames, keepalive and flow control,
     and the `ClientSocket` its `Connection` reads and writes."""
 
-    __slots__ = ("_accept", "_app_state", "_buf", "_close_code", "_config", "_drain", "_frag",
+    __slots__ = ("_app_state", "_buf", "_close_code", "_config", "_drain", "_frag",
                  "_frag_size", "_frag_text", "_inbox", "_pong_due", "_read_paused", "_server_state",
                  "_state", "_timer", "_waiter", "_write_paused", "transport")
     transport: asyncio.Transport
@@ -95,7 +95,6 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         self._config = config
         self._server_state = server_state
         self._app_state: dict[str, Any] | None = app_state  # until the handshake is answered
-        self._accept: bytes | None = None  # the 101 response, until accept() writes it
         self._buf = b""  # bytes received and not parsed yet
         self._inbox: list[str | bytes] | None = None
         self._waiter: asyncio.Future[str | bytes] | None = None
@@ -139,10 +138,8 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         self._buf = self._buf + data if self._buf else data
         if self._state == HANDSHAKE:
             self._handshake()
-        elif self._state != ACCEPTING:
+        else:
             self._parse()
-        elif len(self._buf) > MAX_HEAD:  # frames before we answered the handshake
-            self.transport.abort()
 
     def shutdown(self) -> None:
         """uvicorn is stopping: close with 1012 (the client reconnects elsewhere)."""
@@ -196,9 +193,14 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         if ctx is None:  # the lifespan has not started the edge (or has stopped it)
             self._respond(503, "the edge is not running")
             return
-        self._state = ACCEPTING
-        self._accept = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n")
+        # Answered here rather than from the connection's task: the client sends its auth frame
+        # one loop iteration sooner, which is what a connection storm waits on.
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n")
+        self._state = OPEN
+        self._schedule_ping()
+        if self._buf:  # sent without waiting for the answer: kept for the connection
+            self._parse()
         task = asyncio.get_running_loop().create_task(self._run(ctx, *route))
         tasks: set[asyncio.Task[None]] = self._server_state.tasks  # uvicorn waits for them on shutdown
         tasks.add(task)
@@ -230,14 +232,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         return self
 
     async def accept(self) -> None:
-        response, self._accept = self._accept, None
-        if self._state != ACCEPTING or response is None or self.transport.is_closing():
-            return  # receive() tells the connection it is gone
-        self.transport.write(response)
-        self._state = OPEN
-        self._schedule_ping()
-        if self._buf:
-            self._parse()
+        return None  # the handshake was answered when it was read (_start)
 
     async def receive(self) -> str | bytes:
         inbox = self._inbox
@@ -265,10 +260,6 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         self.write((text_frame(text.encode()),))
 
     async def close(self, code: int, reason: str = "") -> None:
-        if self._state == ACCEPTING:  # refused before the handshake was answered
-            self._accept = None
-            self._respond(403, "refused")
-            return
         await self.wait_writable()  # the close frame goes behind what the socket still holds
         if self._state != OPEN or self.transport.is_closing():
             return
