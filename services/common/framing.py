@@ -3,12 +3,16 @@
 A frame is a 4-byte big-endian length and that many bytes (one serialized protobuf message).
 `FrameProtocol` is an `asyncio.Protocol`: it splits frames out of `data_received` buffers, with
 no task, coroutine or copy per frame beyond the frame itself, and writes each frame with one
-`transport.write`.
+`transport.write`. Frames are read with `read_frames` (the next ones, awaited) or handed to a
+receiver by `serve` as they arrive, inside `data_received`: the stream links use `serve`, so a
+frame is acted on in the loop iteration that read it, not one iteration later when a reader
+task wakes (a connection storm's attaches wait on that twice per edge and router).
 
 Bounds and liveness, all without a task of their own (one timer handle per connection):
 - a frame longer than `max_frame_bytes` fails the connection (it is aborted, never buffered);
-- at most `inbox_max` frames wait for the reader; past that the socket stops being read
-  (`pause_reading`) until the reader has taken them, so a slow reader slows its peer down;
+- at most `inbox_max` frames wait for `read_frames`; past that the socket stops being read
+  (`pause_reading`) until the reader has taken them, so a slow reader slows its peer down
+  (a receiver given to `serve` must not block: it is called from `data_received`);
 - every `heartbeat_s` the protocol writes `heartbeat` (a message the reader ignores) if nothing
   else was written meanwhile, and fails the connection when nothing at all was read for
   `idle_timeout_s`: a dead or stalled peer is noticed within `idle_timeout_s + heartbeat_s`;
@@ -61,6 +65,8 @@ class FrameProtocol(asyncio.Protocol):
         self._idle_ticks = 0
         self._timer: asyncio.TimerHandle | None = None
         self._error: LinkClosedError | None = None
+        self._receiver: Callable[[list[bytes]], None] | None = None  # while serve() runs
+        self._raised: Exception | None = None  # what the receiver raised
         self._eof = False
         self.peer = ""
 
@@ -79,6 +85,8 @@ class FrameProtocol(asyncio.Protocol):
         buf = self._buf
         buf += data
         pos, end = 0, len(buf)
+        receiver = self._receiver
+        frames: list[bytes] | deque[bytes] = [] if receiver is not None else self._inbox
         while end - pos >= 4:
             (size,) = HEADER.unpack_from(buf, pos)
             if size > self._max:
@@ -86,14 +94,18 @@ class FrameProtocol(asyncio.Protocol):
                 return
             if pos + 4 + size > end:
                 break
-            self._inbox.append(bytes(buf[pos + 4:pos + 4 + size]))
+            frames.append(bytes(buf[pos + 4:pos + 4 + size]))
             pos += 4 + size
-        if pos:
-            del buf[:pos]
-            self._wake()
-            if len(self._inbox) >= self._inbox_max and not self._reading_paused:
-                self._reading_paused = True
-                self._transport.pause_reading()  # type: ignore[union-attr]
+        if not pos:
+            return
+        del buf[:pos]
+        if receiver is not None:
+            self._hand(receiver, cast(list[bytes], frames))
+            return
+        self._wake()
+        if len(self._inbox) >= self._inbox_max and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself; connection_lost follows
@@ -131,10 +143,36 @@ class FrameProtocol(asyncio.Protocol):
                 self._waiter = None
         frames = list(self._inbox)
         self._inbox.clear()
-        if self._reading_paused and self._transport is not None and not self._eof:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        self._resume_reading()
         return frames
+
+    async def serve(self, receiver: Callable[[list[bytes]], None]) -> None:
+        """Hand the frames to `receiver` as they arrive (those already received first), from
+        `data_received`, until the link ends: returns once the peer has closed cleanly, raises
+        LinkClosedError when the link failed, and raises what `receiver` raised (the link is
+        then aborted). `receiver` must not block. Once this returns or is cancelled, frames are
+        kept for `read_frames` again."""
+        try:
+            if self._inbox:
+                frames = list(self._inbox)
+                self._inbox.clear()
+                self._resume_reading()
+                self._hand(receiver, frames)
+            self._receiver = receiver
+            while True:
+                if self._raised is not None:
+                    raise self._raised
+                if self._error is not None:
+                    raise self._error
+                if self._eof:
+                    return
+                self._waiter = self._loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self._receiver = None
 
     def write(self, payload: bytes) -> None:
         """Queue one frame (one transport write). Raises LinkClosedError once the link is down."""
@@ -184,6 +222,18 @@ class FrameProtocol(asyncio.Protocol):
         self._wake()
         if self._transport is not None:
             self._transport.abort()  # connection_lost follows on the next loop iteration
+
+    def _hand(self, receiver: Callable[[list[bytes]], None], frames: list[bytes]) -> None:
+        try:
+            receiver(frames)
+        except Exception as e:  # serve() raises it; the link is done
+            self._raised = e
+            self._fail(LinkClosedError(f"the frame receiver failed: {e!r}"))
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self._eof:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -10,6 +10,7 @@ in `catchup.py`; this module does the I/O (history reads, repair tasks, metrics,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,7 +52,7 @@ class Subscriber(Protocol):
 class ChannelState:
     sync: ChannelSync
     subscribers: set[Subscriber] = field(default_factory=set)
-    attached: asyncio.Future[None] | None = None
+    attaching: bool = False  # until its first subscriber's wait for the attach ended
 
 
 class Hub:
@@ -72,29 +73,33 @@ class Hub:
         attached when its owner's stream opens, and later subscribers no longer wait for it.
         Channels already live cost no wait at all (a connection storm mostly subscribes those)."""
         states: list[ChannelState] = []
-        attaching: list[ChannelState] = []
+        waits: list[tuple[ChannelState, asyncio.Future[bool]]] = []
         for channel in channels:
             state = self.channels.get(channel)
             if state is None:
-                state = self.channels[channel] = ChannelState(
-                    ChannelSync(channel, self._pending_max), attached=self._pool.attach_soon(channel))
+                state = self.channels[channel] = ChannelState(ChannelSync(channel, self._pending_max),
+                                                              attaching=True)
+                waits.append((state, self._pool.attach_soon(channel)))
+            elif state.attaching:
+                waits.append((state, self._pool.attach_waiter(channel)))
             state.subscribers.add(sub)
-            if state.attached is not None:
-                attaching.append(state)
             states.append(state)
-        if attaching:
-            await self._wait_attached(attaching)
+        if waits:
+            await self._wait_attached(waits)
         return states
 
-    async def _wait_attached(self, states: list[ChannelState]) -> None:
-        futures = {s.attached for s in states if s.attached is not None}
-        late: set[asyncio.Future[None]] = set()
-        if futures:  # (another subscriber may have given up on them meanwhile)
-            _, late = await asyncio.wait(futures, timeout=self._attach_timeout_s)
-        for state in states:
-            if state.attached in late:
+    async def _wait_attached(self, waits: list[tuple[ChannelState, asyncio.Future[bool]]]) -> None:
+        # Every subscriber awaits futures of its own, directly: its task wakes in the loop
+        # iteration after the router's answer was read (asyncio.wait would add one more), and
+        # the timeout cancels only its own.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._attach_timeout_s):
+                for _, fut in waits:
+                    await fut
+        for state, fut in waits:
+            if state.attaching and (fut.cancelled() or not fut.done()):
                 log.warning("attach_timeout", channel=state.sync.channel)
-            state.attached = None  # live, or given up on: later subscribers do not wait
+            state.attaching = False  # live, or given up on: later subscribers do not wait
 
     def unsubscribe(self, sub: Subscriber, channels: Iterable[str]) -> None:
         for channel in channels:

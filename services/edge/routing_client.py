@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -78,8 +78,9 @@ class _Wire(Protocol):
 
     async def send(self, message: pb.EdgeMessage) -> None: ...
 
-    async def receive(self) -> list[pb.RouterMessage]:
-        """The next messages; [] when the router ended the stream."""
+    async def run(self, on_messages: Callable[[list[pb.RouterMessage]], None]) -> None:
+        """Hand the router's messages to `on_messages` (which must not block) until the router
+        ends the stream; raises when the stream fails."""
         ...
 
 
@@ -90,9 +91,9 @@ class _GrpcWire:
     async def send(self, message: pb.EdgeMessage) -> None:
         await self._call.write(message)
 
-    async def receive(self) -> list[pb.RouterMessage]:
-        message = await self._call.read()
-        return [] if message is EOF else [message]  # type: ignore[list-item]
+    async def run(self, on_messages: Callable[[list[pb.RouterMessage]], None]) -> None:
+        while (message := await self._call.read()) is not EOF:
+            on_messages([message])  # type: ignore[list-item]
 
 
 class _FrameWire:
@@ -103,8 +104,9 @@ class _FrameWire:
         self._conn.write(message.SerializeToString())
         await self._conn.drain()
 
-    async def receive(self) -> list[pb.RouterMessage]:
-        return [pb.RouterMessage.FromString(f) for f in await self._conn.read_frames()]
+    async def run(self, on_messages: Callable[[list[pb.RouterMessage]], None]) -> None:
+        # From data_received: an attach's answer or an ack is acted on when it is read.
+        await self._conn.serve(lambda frames: on_messages([pb.RouterMessage.FromString(f) for f in frames]))
 
 
 @dataclass(frozen=True)
@@ -236,12 +238,14 @@ class RouterLink:
                  transport="grpc" if isinstance(wire, _GrpcWire) else "link")
         writer = asyncio.create_task(self._write(wire))
         try:
-            while messages := await wire.receive():
-                self._received = True
-                for message in messages:
-                    self._dispatch(message)
+            await wire.run(self._on_messages)
         finally:
             await cancel_and_wait(writer)
+
+    def _on_messages(self, messages: list[pb.RouterMessage]) -> None:
+        self._received = True
+        for message in messages:
+            self._dispatch(message)
 
     async def _write(self, wire: _Wire) -> None:
         while True:
@@ -305,7 +309,7 @@ class RouterPool:
         self.assigned: dict[str, str] = {}  # channel -> router id it is attached to
         self._ids = itertools.count(1)
         self._closing: set[asyncio.Task[None]] = set()
-        self._attach_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._attach_waiters: dict[str, list[asyncio.Future[bool]]] = {}
         self._owners = OwnerCache()  # channel -> owner among self.links (hashed once per router set)
 
     def register(self, sink: DeliverySink) -> None:
@@ -363,17 +367,30 @@ class RouterPool:
 
     # ---- channels --------------------------------------------------------------------------
 
-    def attach_soon(self, channel: str) -> asyncio.Future[None]:
-        """Attach the channel to its owner; the future completes once the owner holds it, so
+    def attach_soon(self, channel: str) -> asyncio.Future[bool]:
+        """Attach the channel to its owner; the future is True once the owner holds it, so
         that every event appended from then on reaches this edge. With no router up the channel
         stays assigned and is attached (and the future completed) when its owner's stream opens;
-        a detach cancels the future. Attaches sent in one loop iteration travel as one batch."""
+        a detach completes it with False. Attaches sent in one loop iteration travel as one
+        batch. The future is the caller's own: cancelling it (a timeout) affects no one else."""
         owner = self.owner(channel)
         self.assigned[channel] = owner or ""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._attach_waiters.setdefault(channel, []).append(fut)
+        fut = self.attach_waiter(channel, pending=True)
         if owner is not None:
             self.links[owner].send(pb.EdgeMessage(attach=pb.Attach(channels=[channel])))
+        return fut
+
+    def attach_waiter(self, channel: str, *, pending: bool = False) -> asyncio.Future[bool]:
+        """Another future for the channel's attach in flight, completed like attach_soon's;
+        True at once when no attach of the channel is waiting for its answer."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiters = self._attach_waiters.get(channel)
+        if waiters is not None:
+            waiters.append(fut)
+        elif pending:
+            self._attach_waiters[channel] = [fut]
+        else:
+            fut.set_result(True)
         return fut
 
     async def attach(self, channel: str, timeout_s: float) -> bool:
@@ -381,8 +398,10 @@ class RouterPool:
         a detach ended the wait."""
         fut = self.attach_soon(channel)
         try:
-            await asyncio.wait((fut,), timeout=timeout_s)
-            return fut.done() and not fut.cancelled()
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        except TimeoutError:
+            return False
         finally:
             waiters = self._attach_waiters.get(channel, [])
             if fut in waiters:
@@ -394,11 +413,12 @@ class RouterPool:
         for channel in channels:
             for fut in self._attach_waiters.pop(channel, ()):
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(True)
 
     def detach(self, channel: str) -> None:
         for fut in self._attach_waiters.pop(channel, ()):
-            fut.cancel()
+            if not fut.done():
+                fut.set_result(False)
         router_id = self.assigned.pop(channel, None)
         link = self.links.get(router_id or "")
         if link is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+from collections.abc import Callable
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -80,17 +81,18 @@ class LinkServer:
             task = asyncio.current_task()
             assert task is not None
             self._sessions[task] = (conn, link)
-            pending = [rest] if rest else []
 
-            async def receive() -> list[pb.EdgeMessage]:
-                frames = pending.pop() if pending else await conn.read_frames()
-                return [pb.EdgeMessage.FromString(f) for f in frames]
+            async def read(on_messages: Callable[[list[pb.EdgeMessage]], None]) -> None:
+                if rest:
+                    on_messages([pb.EdgeMessage.FromString(f) for f in rest])
+                # From data_received: an attach is answered in the loop iteration that read it.
+                await conn.serve(lambda frames: on_messages([pb.EdgeMessage.FromString(f) for f in frames]))
 
             async def send(message: pb.RouterMessage) -> None:
                 conn.write(message.SerializeToString())
                 await conn.drain()
 
-            await self._servicer.serve_edge(link, receive, send)
+            await self._servicer.serve_edge(link, read, send)
         except (LinkClosedError, TimeoutError, DecodeError) as e:
             log.info("edge_link_lost", peer=conn.peer, error=str(e))
         finally:

@@ -20,7 +20,9 @@ from services.router.publisher import Publisher
 
 log = structlog.get_logger("switchboard.router")
 
-Receive = Callable[[], Awaitable[list[pb.EdgeMessage]]]
+# Hands the edge's messages to the callback (which does not block) until the edge ends the
+# stream; raises when the stream fails.
+Read = Callable[[Callable[[list[pb.EdgeMessage]], None]], Awaitable[None]]
 Send = Callable[[pb.RouterMessage], Awaitable[None]]
 
 
@@ -39,19 +41,19 @@ class RouterServicer(pb_grpc.RouterServicer):
         if first is EOF or not first.HasField("hello") or not first.hello.edge_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
 
-        async def receive() -> list[pb.EdgeMessage]:
-            message = await context.read()
-            return [] if message is EOF else [message]
+        async def read(on_messages: Callable[[list[pb.EdgeMessage]], None]) -> None:
+            while (message := await context.read()) is not EOF:
+                on_messages([message])
 
-        await self.serve_edge(self.new_link(first.hello.edge_id), receive, context.write)
+        await self.serve_edge(self.new_link(first.hello.edge_id), read, context.write)
 
     def new_link(self, edge_id: str) -> EdgeLink:
         return EdgeLink(edge_id, self._link_queue_max)
 
-    async def serve_edge(self, link: EdgeLink, receive: Receive, send: Send) -> None:
+    async def serve_edge(self, link: EdgeLink, read: Read, send: Send) -> None:
         """Serve one edge whose hello was accepted, over a Connect stream or a stream link:
-        `receive` gives the next messages ([] at the end), `send` writes one message. Returns when
-        either direction ends; the edge's attaches are dropped then."""
+        `read` hands over the edge's messages until the stream ends, `send` writes one message.
+        Returns when either direction ends; the edge's attaches are dropped then."""
         previous = self._own.links.get(link.edge_id)
         if previous is not None:
             previous.close()  # a reconnecting edge replaces its old stream
@@ -60,7 +62,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         log.info("edge_connected", edge_id=link.edge_id)
         try:
             # One task reads upstream, one writes downstream; when either ends, the call ends.
-            await first_completed(self._read(link, receive), self._write(link, send))
+            await first_completed(self._read(link, read), self._write(link, send))
         finally:
             link.close()
             self._own.drop_link(link)
@@ -69,10 +71,12 @@ class RouterServicer(pb_grpc.RouterServicer):
                 self._m.dropped_links.inc()
             log.info("edge_disconnected", edge_id=link.edge_id, overflowed=link.broken)
 
-    async def _read(self, link: EdgeLink, receive: Receive) -> None:
-        while messages := await receive():
+    async def _read(self, link: EdgeLink, read: Read) -> None:
+        def on_messages(messages: list[pb.EdgeMessage]) -> None:
             for message in messages:
                 self._handle(link, message)
+
+        await read(on_messages)
 
     async def _write(self, link: EdgeLink, send: Send) -> None:
         while True:

@@ -41,36 +41,49 @@ CHANNEL = "session:s1"
 
 
 class FakeRouterPool:
-    """The part of RouterPool the hub uses: attach_soon (acknowledged at once, or when released)
-    and detach (which cancels an attach still waiting)."""
+    """The part of RouterPool the hub uses: attach_soon (acknowledged at once, or when released),
+    attach_waiter, and detach (which ends the waits of an attach still in flight with False)."""
 
     def __init__(self) -> None:
         self.attaches: list[str] = []
         self.detaches: list[str] = []
-        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.waiting: dict[str, list[asyncio.Future[bool]]] = {}
         self.released = True
 
-    def attach_soon(self, channel: str) -> asyncio.Future[None]:
+    def attach_soon(self, channel: str) -> asyncio.Future[bool]:
         self.attaches.append(channel)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.released:
-            fut.set_result(None)
-        else:
-            self.waiting[channel] = fut
+            return self._done(True)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(channel, []).append(fut)
+        return fut
+
+    def attach_waiter(self, channel: str) -> asyncio.Future[bool]:
+        if channel not in self.waiting:
+            return self._done(True)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiting[channel].append(fut)
         return fut
 
     def release(self) -> None:
         self.released = True
-        for fut in self.waiting.values():
-            if not fut.done():
-                fut.set_result(None)
+        for futs in self.waiting.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(True)
         self.waiting.clear()
 
     def detach(self, channel: str) -> None:
         self.detaches.append(channel)
-        fut = self.waiting.pop(channel, None)
-        if fut is not None:
-            fut.cancel()
+        for fut in self.waiting.pop(channel, []):
+            if not fut.done():
+                fut.set_result(False)
+
+    @staticmethod
+    def _done(result: bool) -> asyncio.Future[bool]:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut.set_result(result)
+        return fut
 
 
 @dataclass(eq=False)

@@ -104,3 +104,47 @@ async def test_a_slow_reader_stops_reading_the_socket_until_it_catches_up(tu: fl
             await asyncio.sleep(0.01)
         frames = await proto.read_frames()
         assert transport.is_reading() and frames[:4] == [b"x0", b"x1", b"x2", b"x3"]
+
+
+async def test_serve_hands_over_frames_as_they_are_read_those_already_received_first(tu: float) -> None:
+    async with raw_peer(tu, idle_timeout_s=10 * tu) as (proto, sock):
+        await send(sock, frame(b"early"))
+        deadline = asyncio.get_running_loop().time() + 2 * tu
+        while not proto._inbox:  # received before anyone serves the link
+            assert asyncio.get_running_loop().time() < deadline, "never received"
+            await asyncio.sleep(0.01)
+        got: list[list[bytes]] = []
+        four = asyncio.Event()
+
+        def receiver(frames: list[bytes]) -> None:
+            got.append(frames)
+            if sum(len(batch) for batch in got) >= 4:
+                four.set()
+
+        serving = asyncio.create_task(proto.serve(receiver))
+        await asyncio.sleep(0)
+        assert got == [[b"early"]]
+        stream = frame(b"a") + frame(b"b") + frame(b"c")
+        await send(sock, stream[:7])  # "a" whole, "b" cut in two
+        await send(sock, stream[7:])
+        async with asyncio.timeout(2 * tu):
+            await four.wait()
+        assert [f for batch in got for f in batch] == [b"early", b"a", b"b", b"c"]
+        sock.shutdown(socket.SHUT_WR)  # the peer closes cleanly: serve returns
+        async with asyncio.timeout(2 * tu):
+            await serving
+
+
+async def test_a_failing_receiver_fails_the_link_and_serve_raises_its_error(tu: float) -> None:
+    def receiver(frames: list[bytes]) -> None:
+        if b"bad" in frames:
+            raise ValueError("cannot parse")
+
+    async with raw_peer(tu, idle_timeout_s=10 * tu) as (proto, sock):
+        serving = asyncio.create_task(proto.serve(receiver))
+        await send(sock, frame(b"good") + frame(b"bad"))
+        with pytest.raises(ValueError, match="cannot parse"):
+            async with asyncio.timeout(2 * tu):
+                await serving
+        with pytest.raises(LinkClosedError):
+            proto.write(b"after the failure")
