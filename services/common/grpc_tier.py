@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from services.common.membership import LeaseKeeper
-from services.common.process import metrics_listener
+from services.common.process import metrics_listener, settle_heap
 from services.common.rpc import new_server
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore
@@ -115,6 +115,7 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
         await lease.start()
         if spec.started is not None:
             await spec.started()
+        settle_heap()  # what starting the tier made (before SERVING is seen: a storm may follow)
         await tier.set_serving(True)
         log.info("tier_started", role=spec.role, node_id=settings.node_id, address=address)
         with metrics_listener(settings.host, settings.metrics_port, registry):

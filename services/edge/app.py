@@ -26,6 +26,7 @@ from services.common.auth import AuthError, Principal, TokenVerifier, mint_token
 from services.common.close_codes import CloseCode
 from services.common.history_client import HistoryCallError, HistoryClient
 from services.common.membership import LINK_ROLE, LeaseKeeper, MemberWatcher
+from services.common.process import settle_heap
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import Backend, build_membership_store, open_backend
@@ -370,12 +371,16 @@ async def readiness(ctx: EdgeContext) -> dict[str, bool]:
     """Ready only when a router stream is up and the store answers our membership polls; never
     while draining. With `append_via = "history"` a history node must also answer its health
     check, since publishes need one; otherwise history is reported, not required: live traffic
-    flows without it, and only recovery and history reads wait for it (they fail retryably)."""
+    flows without it, and only recovery and history reads wait for it (they fail retryably).
+    The first time it holds, what start-up made is frozen (process.settle_heap)."""
     routers = ctx.pool.ready()
     store = ctx.members.healthy
     history = await ctx.history.healthy(timeout_s=1.0) if routers else False
     needed = history or ctx.settings.append_via == "store"
     ready = routers and needed and store and not ctx.draining
+    if ready and not ctx.settled:  # before anyone is told: a storm may follow at once
+        ctx.settled = True
+        settle_heap()
     return {"ready": ready, "router": routers, "history": history, "store": store,
             "draining": ctx.draining}
 

@@ -35,6 +35,7 @@ class EdgeContext:
     connections: set[Connection] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     draining: bool = False
+    settled: bool = False  # the heap was frozen once the edge first was ready (process.settle_heap)
     sockets: int = 0  # WebSockets open, authenticated or not (stats)
     presence: PresenceTracker | None = None
     agent: DemoAgent | None = None  # only in demo mode
