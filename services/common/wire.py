@@ -16,7 +16,7 @@ import itertools
 import os
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,8 +55,16 @@ class ProtocolError(Exception):
         self.code = code
 
 
+_iso_cache: list[Any] = [-1, ""]  # (unix ms, its ISO text): events of one millisecond share it
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = time.time_ns() // 1_000_000
+    if ms != _iso_cache[0]:
+        at = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+        text = at.isoformat(timespec="milliseconds")
+        _iso_cache[0], _iso_cache[1] = ms, text.replace("+00:00", "Z")
+    return cast(str, _iso_cache[1])
 
 
 class _Ids:
@@ -97,13 +105,15 @@ def encode_body(
     user_id: str | None = None,
     priority: int | None = None,
     timestamp: str | None = None,
+    clean: bool = False,
 ) -> bytes:
-    """Encode an event envelope without offset/epoch. Keys with no value are omitted."""
+    """Encode an event envelope without offset/epoch. Keys with no value are omitted; `clean`:
+    the payload holds no None anywhere (built by the edge itself), so it is not scanned."""
     env: dict[str, Any] = {
         "id": event_id or new_id(),
         "type": event_type,
         "timestamp": timestamp or now_iso(),
-        "payload": payload,
+        "payload": payload if clean else _drop_nulls(payload),
     }
     if session_id:
         env["session_id"] = session_id
@@ -114,7 +124,7 @@ def encode_body(
     prio = priority if priority is not None else priority_of(event_type)
     if prio != 1:
         env["priority"] = prio
-    return orjson.dumps(_drop_nulls(env))
+    return orjson.dumps(env)
 
 
 def seal(body: bytes, offset: int, epoch: str) -> bytes:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import deque
 from typing import Any, Literal, NoReturn
 
+import orjson
 import structlog
 
 from services.common import wire
@@ -72,7 +72,7 @@ class Connection:
         self.ctx = ctx
         self.kind = kind
         self.path_id = path_id
-        self.connection_id = uuid.uuid4().hex
+        self.connection_id = wire.new_id()  # 32 hex digits, unique across processes
         self.principal: Principal | None = None
         self.session_id: str | None = None
         self.channels: set[str] = set()
@@ -103,14 +103,14 @@ class Connection:
     async def run(self) -> None:
         m = self.ctx.metrics
         await self.ws.accept()
-        m.connections_total.labels(self.kind).inc()
+        m.accepted[self.kind].inc()
         code = CloseCode.NORMAL
         self._main = asyncio.current_task()
         try:
             await self._authenticate()
             self._live = True  # a queued frame may start the writer: nothing overtook the reply
             self._start_writer()
-            m.auth.labels("ok").inc()
+            m.auth_ok.inc()
             self.ctx.connections.add(self)
             m.connected(len(self.ctx.connections))
             structlog.contextvars.bind_contextvars(connection_id=self.connection_id)
@@ -215,27 +215,37 @@ class Connection:
         # Recovered channels first: their live frames must be held before any can arrive.
         recovery = await self._begin_recovery(frame.recover) if frame.recover else {}
         ok, failed = await self._subscribe([*default, *frame.channels])
-        reply: dict[str, Any] = {
-            "success": True, "connection_id": self.connection_id, "user_id": p.user_id,
-            "session_id": self.session_id, "available_channels": available,
-            "subscribed_channels": ok, "failed_channels": failed or None,
-            "connectionId": self.connection_id, "userId": p.user_id, "sessionId": self.session_id,
-            "recovered": _answers(recovery) or None,
-        }
-        established = {"connection_id": self.connection_id, "user_id": p.user_id,
-                       "session_id": self.session_id, "channels": sorted(self.channels)}
+        # Both built without None values (never sent: the keys are left out), so encoded as
+        # they are; snake_case and the camelCase of TripSage's documentation.
+        cid, uid, sid = self.connection_id, p.user_id, self.session_id
+        reply: dict[str, Any] = {"success": True, "connection_id": cid, "user_id": uid}
+        if sid:
+            reply["session_id"] = sid
+        reply["available_channels"] = available
+        reply["subscribed_channels"] = ok
+        if failed:
+            reply["failed_channels"] = failed
+        reply["connectionId"], reply["userId"] = cid, uid
+        if sid:
+            reply["sessionId"] = sid
+        if answers := _answers(recovery):
+            reply["recovered"] = answers
+        established: dict[str, Any] = {"connection_id": cid, "user_id": uid}
+        if sid:
+            established["session_id"] = sid
+        established["channels"] = sorted(self.channels)
         if self._frames is None:
-            await self._send_now(wire.encode(reply).decode())
+            await self._send_now(orjson.dumps(reply).decode())
             self._start_replays(recovery)
-            self._push_event("connection_established", established)
+            self._push_event("connection_established", established, clean=True)
         else:
-            first = text_frame(wire.encode(reply))
+            first = text_frame(orjson.dumps(reply))
             with CORK:  # the reply and connection_established leave in one write
                 self._frames.write((first,))
                 self._count_out(first, 0, 0.0)
                 self._direct = True  # nothing may overtake the auth reply
                 self._start_replays(recovery)
-                self._push_event("connection_established", established)
+                self._push_event("connection_established", established, clean=True)
         log.info("session_authenticated", user_id=p.user_id, session_id=self.session_id,
                  kind=self.kind)
 
@@ -594,9 +604,9 @@ class Connection:
             log.warning("send_queue_overflow", queued=len(self.queue))
         self.close_with(CloseCode.SLOW_CONSUMER)
 
-    def _push_event(self, event_type: str, payload: dict[str, Any]) -> None:
+    def _push_event(self, event_type: str, payload: dict[str, Any], *, clean: bool = False) -> None:
         body = wire.encode_body(event_type, payload, session_id=self.session_id,
-                                user_id=self.principal.user_id if self.principal else None)
+                                user_id=self.principal.user_id if self.principal else None, clean=clean)
         self.push(text_frame(body), wire.priority_of(event_type), "", 0)
 
     def _error(self, message: str, code: str) -> None:

@@ -36,6 +36,9 @@ class EdgeMetrics:
                                          ["endpoint"], registry=registry)
         self.auth = Counter("edge_auth_total", "Authentications by result (ok or the failure reason)",
                             ["result"], registry=registry)
+        # once per connection: the children, not a labels() lookup each time
+        self.accepted = {kind: self.connections_total.labels(kind) for kind in ("chat", "agent_status")}
+        self.auth_ok = self.auth.labels("ok")
         self.closes = Counter("edge_closes_total", "Connections closed by the edge, by code",
                               ["code"], registry=registry)
         self.messages_in = Counter("edge_frames_in_total", "Client frames handled, by type",

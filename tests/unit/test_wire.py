@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -110,6 +111,11 @@ def test_encode_body_drops_nulls_inside_the_payload() -> None:
     assert decode(raw)["payload"] == {"tool": "search", "nested": {"b": [1, {}]}}
 
 
+def test_a_clean_payload_is_encoded_as_it_is() -> None:
+    payload = {"connection_id": "c1", "channels": ["session:s1", "user:u1"]}
+    assert decode(encode_body("connection_established", payload, clean=True))["payload"] == payload
+
+
 def test_priority_is_omitted_when_one() -> None:
     assert "priority" not in decode(encode_body("error", {"message": "x"}))  # default 1
     assert "priority" not in decode(encode_body("chat_message", {}, priority=1))  # explicit 1
@@ -149,6 +155,15 @@ def test_now_iso_is_utc_with_milliseconds() -> None:
     assert stamp.endswith("Z")
     assert len(stamp.split(".")[1]) == 4  # three digits and the Z
     assert datetime.fromisoformat(stamp.replace("Z", "+00:00")).utcoffset() is not None
+
+
+def test_now_iso_is_the_current_millisecond_though_one_text_serves_a_millisecond() -> None:
+    for _ in range(2000):  # crosses many millisecond ticks
+        before = time.time_ns() // 1_000_000
+        stamp = datetime.fromisoformat(now_iso().replace("Z", "+00:00"))
+        after = time.time_ns() // 1_000_000
+        ms = int(stamp.timestamp() * 1000 + 0.5)
+        assert before <= ms <= after, (before, stamp, after)
 
 
 # ---- client frames -------------------------------------------------------------------------
