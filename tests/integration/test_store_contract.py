@@ -8,6 +8,7 @@ each test gets its own key prefix instead of flushing the database.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -543,6 +544,28 @@ async def test_dragonfly_full_pool_waits_and_then_answers_busy_not_unavailable(
         await lose_data(patient)
         await patient.aclose()
         await hasty.aclose()
+
+
+async def test_dragonfly_pool_grows_without_looking_up_package_metadata(
+    redis_server: RedisServer, key_prefix: str, tu: float, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redis-py reads its own version from the installed packages' metadata for every new
+    # connection unless told it (0.4 ms each): a pool growing in a storm paid it per connection.
+    backend = open_backend(settings_for(redis_server.url, key_prefix, tu, store_max_connections=8))
+    try:
+        def no_lookup(name: str) -> str:
+            raise AssertionError(f"package metadata read for {name!r} on a new connection")
+
+        before = len(await backend.redis.client_list())  # the pool's first connection
+        monkeypatch.setattr(importlib.metadata, "version", no_lookup)
+        store = build_stream_store(backend, LIMITS)
+        results = await asyncio.gather(*(  # concurrent calls: the pool opens several connections
+            store.append(f"session:grow{i}", [ev(f"g{i}")], new_epoch="E") for i in range(8)))
+        assert [r.offsets for r in results] == [[1]] * 8
+        assert len(await backend.redis.client_list()) > before, "the pool did not grow: nothing proven"
+    finally:
+        await lose_data(backend)
+        await backend.aclose()
 
 
 async def test_dragonfly_store_that_does_not_answer_times_out(key_prefix: str, tu: float) -> None:
