@@ -37,7 +37,7 @@ class EdgeMetrics:
         self.auth = Counter("edge_auth_total", "Authentications by result (ok or the failure reason)",
                             ["result"], registry=registry)
         # once per connection: the children, not a labels() lookup each time
-        self.accepted = {kind: self.connections_total.labels(kind) for kind in ("chat", "agent_status")}
+        self.accepted = {kind: self.connections_total.labels(kind) for kind in ENDPOINTS}
         self.auth_ok = self.auth.labels("ok")
         self.closes = Counter("edge_closes_total", "Connections closed by the edge, by code",
                               ["code"], registry=registry)
