@@ -9,12 +9,21 @@ from typing import Any
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel an owned background task and wait until it has finished."""
+    """Cancel an owned background task and wait until it has finished. The task's own
+    CancelledError ends here; a cancellation of the caller that comes while it waits goes on
+    (swallowing it left an edge's router link reconnecting forever when the link was closed
+    while its session was winding down). A caller already being cancelled (this in a
+    `finally`) still waits for the task."""
     if task is None:
         return
+    caller = asyncio.current_task()
+    before = caller.cancelling() if caller is not None else 0
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        if caller is not None and caller.cancelling() > before:
+            raise
 
 
 async def first_completed(*coros: Coroutine[Any, Any, None]) -> None:
