@@ -1,8 +1,8 @@
 """Membership leases: keep our own alive, watch the others'.
 
 Both are owned background tasks: `start()` creates them, `aclose()` cancels them (and the
-keeper drops its lease, shielded, under a timeout, so a graceful exit is seen at once while
-a crash is seen when the lease expires).
+keeper drops its lease, shielded, under a timeout, once a refresh in flight has been answered,
+so a graceful exit is seen at once while a crash is seen when the lease expires).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class LeaseKeeper:
         self._store, self.role, self.node_id, self.address = store, role, node_id, address
         self._ttl_s, self._refresh_s = ttl_s, refresh_s
         self._task: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None  # the refresh on its way, if any
         self.healthy = False
 
     async def start(self) -> None:
@@ -53,13 +54,22 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._refresh_s)
-            await self._register()
+            # A refresh runs as a task of its own that aclose does not cancel: once sent, the
+            # store carries it out even if no one waits for the answer, possibly after a
+            # deregister sent meanwhile on another connection, which would bring the lease
+            # back until it expires (a stopped router kept its channels that long).
+            self._refresh = asyncio.create_task(self._register())
+            await asyncio.shield(self._refresh)
+            self._refresh = None
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is None:
             return
         await cancel_and_wait(task)
+        refresh, self._refresh = self._refresh, None
+        if refresh is not None:  # bounded by its own timeout (two refresh periods)
+            await asyncio.wait([refresh])
         with contextlib.suppress(StoreError, TimeoutError):
             async with asyncio.timeout(2.0):
                 await asyncio.shield(self._store.deregister(self.role, self.node_id))
