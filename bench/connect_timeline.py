@@ -31,7 +31,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 
 async def storm(port: int, edges: int, clients: int, rooms: int, concurrency: int, token: str,
-                timeout_s: float) -> list[tuple[float, float]]:
+                timeout_s: float, hold_s: float = 0.0) -> list[tuple[float, float]]:
     """(start offset s, connect+auth ms) per connection, in start order."""
     from picows import WSListener, WSMsgType, ws_connect
 
@@ -67,6 +67,9 @@ async def storm(port: int, edges: int, clients: int, rooms: int, concurrency: in
 
     try:
         await asyncio.gather(*(one(i) for i in range(clients)))
+        if hold_s:
+            print(f"all {clients} connected; holding them {hold_s:g} s", flush=True)
+            await asyncio.sleep(hold_s)
     finally:
         for transport in transports:
             transport.disconnect()
@@ -81,12 +84,14 @@ def main() -> None:
     ap.add_argument("-R", "--rooms", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=100, help="connections in flight (the harness: 100)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per connect and per auth reply")
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="seconds to keep the connections open after the storm (say so first)")
     a = ap.parse_args()
     secret = os.environ.get("SWITCHBOARD_JWT_SECRET") or DEV_JWT_SECRET
     token = mint_token(secret, "benchuser", ttl_s=3600)
 
     import uvloop
-    results = uvloop.run(storm(a.port, a.edges, a.clients, a.rooms, a.concurrency, token, a.timeout))
+    results = uvloop.run(storm(a.port, a.edges, a.clients, a.rooms, a.concurrency, token, a.timeout, a.hold))
     latencies = sorted(ms for _, ms in results)
     whole = {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "max": latencies[-1],
              "all_established_s": results[-1][0] + results[-1][1] / 1000}
