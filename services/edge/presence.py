@@ -57,6 +57,7 @@ class PresenceTracker:
         self._idle.set()
         self._pending: dict[str, _Pending] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._writing: asyncio.Task[dict[str, PresenceChange]] | None = None  # a write on its way
 
     # ---- connections -----------------------------------------------------------------------
 
@@ -107,6 +108,11 @@ class PresenceTracker:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             await cancel_and_wait(task)
+        writing, self._writing = self._writing, None
+        if writing is not None:  # bounded by the write's own timeout (see _flush)
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # retrieved: the removal below is tried whatever it was
         gone = {c: dict.fromkeys(users, 0) for c, users in self.local.items()}
         for channel, users in self._dirty.items():
             gone.setdefault(channel, {}).update(dict.fromkeys(users, 0))
@@ -150,10 +156,15 @@ class PresenceTracker:
         if not counts:
             self._idle.set()
             return True
+        # The write runs as a task of its own that aclose does not cancel: once sent, the store
+        # carries it out even if no one waits for the answer, possibly after the removal aclose
+        # sends, which would bring this edge's entries back until their leases expire.
+        writing = self._writing = asyncio.create_task(self._store.update(self._node_id, counts, self._ttl_s))
         try:
             async with asyncio.timeout(self._timeout_s):
-                changes = await self._store.update(self._node_id, counts, self._ttl_s)
+                changes = await asyncio.shield(writing)
         except (StoreError, TimeoutError) as e:
+            writing.cancel()  # after a timeout it is given up on: aclose does not wait for it
             log.warning("presence_write_failed", error=str(e), channels=len(counts))
             for channel, marked in dirty.items():
                 self._dirty.setdefault(channel, set()).update(marked)
