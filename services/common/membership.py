@@ -14,7 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from services.common.store.base import MembershipStore, StoreBusyError, StoreError
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, raise_if_cancel_lost
 
 log = structlog.get_logger("switchboard.membership")
 
@@ -123,6 +123,7 @@ class MemberWatcher:
         while True:
             await asyncio.sleep(self._poll_s)
             await self.refresh()
+            raise_if_cancel_lost()  # a cancelled poll can come back as a store error
 
     async def wait_for(self, predicate: Callable[[dict[str, str]], bool], timeout_s: float) -> bool:
         async with asyncio.timeout(timeout_s):

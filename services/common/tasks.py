@@ -26,6 +26,18 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
             raise
 
 
+def raise_if_cancel_lost() -> None:
+    """Raise CancelledError if the current task was cancelled but the CancelledError never
+    reached it. redis-py can end a command cancelled mid-read with its own ConnectionError
+    ("Connection closed by server"), which a loop that retries failed calls takes for an outage:
+    it would go on forever while its owner waits for it to end. Such loops call this after a
+    failed call. Nothing in them uncancels, so a cancellation still counted by
+    `Task.cancelling()` is one that was lost."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def first_completed(*coros: Coroutine[Any, Any, None]) -> None:
     """Run the coroutines as tasks; when one ends (or raises), cancel and await the others.
     The first task's exception, if any, is re-raised; cancellation passes through."""

@@ -36,7 +36,7 @@ from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.rpc import credential_metadata, insecure_channel
 from services.common.sharding import OwnerCache
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, raise_if_cancel_lost
 from services.common.telemetry import GrpcMetrics
 from services.edge.domain import Delivery, Event, PublishResult
 from services.edge.errors import (
@@ -176,6 +176,7 @@ class RouterLink:
                     await self._link_session()
                 else:
                     await self._grpc_session(channel)
+                raise_if_cancel_lost()  # a cancelled connect can come back as a connection error
                 attempt = 0 if self._received else attempt + 1
                 cap = min(self._pool.reconnect_max_s, 0.05 * 2 ** min(attempt + 1, 8))
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter

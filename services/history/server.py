@@ -15,7 +15,7 @@ from services.common.grpc_tier import GrpcTier, TierSpec, serving_tier
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import build_membership_store, open_backend
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, raise_if_cancel_lost
 from services.common.telemetry import GrpcMetrics, new_registry
 from services.history.metrics import HistoryMetrics
 from services.history.servicer import HistoryServicer
@@ -75,6 +75,7 @@ async def _time_store_health(members: MembershipStore, metrics: HistoryMetrics, 
     while True:
         with contextlib.suppress(StoreError), metrics.store_op("health"):
             await members.ping()
+        raise_if_cancel_lost()  # a cancelled ping can come back as a store error
         await asyncio.sleep(every_s)
 
 

@@ -16,7 +16,7 @@ import structlog
 
 from services.common.sharding import OwnerCache
 from services.common.store.base import StoreError
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, raise_if_cancel_lost
 from services.router.links import EdgeLink
 from services.router.store.base import OwnershipStore
 
@@ -112,6 +112,7 @@ class Ownership:
             await self._unsaved_wake.wait()
             self._unsaved_wake.clear()
             if not await self._save():
+                raise_if_cancel_lost()  # a cancelled write can come back as a store error
                 await asyncio.sleep(SAVE_RETRY_S)  # the store is away: retry, not in a spin
                 self._unsaved_wake.set()
             else:

@@ -163,3 +163,36 @@ async def test_unsaved_changes_are_retried_after_a_store_failure(key_prefix: str
         assert await store.inner.edges_of("session:a") == {"e1"}
     finally:
         await own.aclose()
+
+
+class CancelTurnsIntoStoreError(CountingStore):
+    """Writes wait at the gate; a write cancelled there ends with a store error instead of
+    CancelledError, as a redis-py command cancelled mid-read can ("Connection closed by
+    server")."""
+
+    async def _write(self, kind: str, edge_id: str, channels: Sequence[str]) -> None:
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            raise StoreUnavailableError("store unavailable: ConnectionError") from None
+        await super()._write(kind, edge_id, channels)
+
+
+async def test_the_saver_stops_when_its_cancellation_comes_back_as_a_store_error(
+        key_prefix: str, tu: float) -> None:
+    url = f"memory://{key_prefix}"
+    backend = Backend(url, Keys(key_prefix), memory=memory_backend(url))
+    store = CancelTurnsIntoStoreError(build_ownership_store(backend, 60.0))
+    own = Ownership("r1", store, refresh_s=60.0)
+    await own.start()
+    store.gate.clear()  # the next write hangs in the store
+    own.links["e1"] = EdgeLink("e1", 10)
+    own.attach(own.links["e1"], ["session:s"])
+    for _ in range(5):
+        await asyncio.sleep(0)  # the saver is now waiting on the write
+    closing = asyncio.create_task(own.aclose())
+    for _ in range(5):
+        await asyncio.sleep(0)  # the saver's cancellation has come back as a store error
+    store.gate.set()  # aclose's own final save may go through
+    async with asyncio.timeout(5 * tu):
+        await closing
