@@ -14,7 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from services.common.store.base import MembershipStore, StoreBusyError, StoreError
-from services.common.tasks import cancel_and_wait, raise_if_cancel_lost
+from services.common.tasks import cancel_and_wait, let_finish, raise_if_cancel_lost
 
 log = structlog.get_logger("switchboard.membership")
 
@@ -68,8 +68,7 @@ class LeaseKeeper:
             return
         await cancel_and_wait(task)
         refresh, self._refresh = self._refresh, None
-        if refresh is not None:  # bounded by its own timeout (two refresh periods)
-            await asyncio.wait([refresh])
+        await let_finish(refresh)  # bounded by its own timeout (two refresh periods)
         with contextlib.suppress(StoreError, TimeoutError):
             async with asyncio.timeout(2.0):
                 await asyncio.shield(self._store.deregister(self.role, self.node_id))

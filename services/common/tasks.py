@@ -26,6 +26,17 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
             raise
 
 
+async def let_finish(task: asyncio.Task[Any] | None) -> None:
+    """Wait for a task without cancelling it: a store write already sent is carried out by the
+    store whether or not anyone waits, so what is sent next must wait for it (or it may land
+    first). Its outcome is retrieved and dropped: the code that started it reports failures."""
+    if task is None:
+        return
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
+
+
 def raise_if_cancel_lost() -> None:
     """Raise CancelledError if the current task was cancelled but the CancelledError never
     reached it. redis-py can end a command cancelled mid-read with its own ConnectionError

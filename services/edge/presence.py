@@ -21,7 +21,7 @@ import structlog
 
 from services.common import wire
 from services.common.store.base import StoreError
-from services.common.tasks import cancel_and_wait
+from services.common.tasks import cancel_and_wait, let_finish
 from services.edge.domain import Event
 from services.edge.store.base import PresenceChange, PresenceStore
 
@@ -109,10 +109,7 @@ class PresenceTracker:
         for task in tasks:
             await cancel_and_wait(task)
         writing, self._writing = self._writing, None
-        if writing is not None:  # bounded by the write's own timeout (see _flush)
-            await asyncio.wait([writing])
-            if not writing.cancelled():
-                writing.exception()  # retrieved: the removal below is tried whatever it was
+        await let_finish(writing)  # bounded by the write's own timeout (see _flush)
         gone = {c: dict.fromkeys(users, 0) for c, users in self.local.items()}
         for channel, users in self._dirty.items():
             gone.setdefault(channel, {}).update(dict.fromkeys(users, 0))
