@@ -3,6 +3,11 @@
 The reader handles client frames in order; the writer drains the bounded send queue. A full
 queue closes the connection with 4008 (the client reconnects and recovers); nothing a client
 sends can raise out of this module: bad input gets an error event or a close code.
+
+On the edge's own server (`begin`) a connection has no task until it needs one: the auth frame
+is checked as it is read, the reply is written when the router answers the attaches, and the
+reader's task starts with the first message after it, a disconnect or a close. Refusals,
+recovery in the auth frame and any other server (`serve`) take the task path from the start.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, NoReturn
 
 import orjson
@@ -27,10 +33,19 @@ from services.edge.context import EdgeContext
 from services.edge.demo_agent import AGENT_MENTION
 from services.edge.domain import Event, HistoryPage
 from services.edge.errors import EdgeError
+from services.edge.hub import ChannelState, Wait
 from services.edge.presence import tracked
 from services.edge.ratelimit import TokenBucket
 from services.edge.sendqueue import SendQueue
-from services.edge.wsproto import CORK, ClientSocket, Disconnected, FrameWriter, payload_of, text_frame
+from services.edge.wsproto import (
+    CORK,
+    ClientSocket,
+    Disconnected,
+    FrameWriter,
+    HostSocket,
+    payload_of,
+    text_frame,
+)
 
 log = structlog.get_logger("switchboard.edge")
 Kind = Literal["chat", "agent_status"]
@@ -66,6 +81,27 @@ async def serve(ws: ClientSocket, ctx: EdgeContext, kind: Kind, path_id: str) ->
         ctx.sockets -= 1
 
 
+def begin(ws: HostSocket, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
+    """Start a connection on the edge's own server, whose handshake was just answered."""
+    if ctx.draining or not valid_id(path_id):
+        ws.spawn(serve(ws, ctx, kind, path_id))  # closed or refused at once, by the task path
+        return
+    Connection(ws, ctx, kind, path_id).begin(ws)
+
+
+# How a connection runs: waiting for its auth frame, then for its channels' attaches, then
+# live with no task (IDLE); or on a task of its own (TASK: from the start under `serve`).
+AUTH, ATTACH, IDLE, TASK = range(4)
+
+
+class _Refused(Exception):
+    """An auth frame turned down: the error and code of the reply, and the close code."""
+
+    def __init__(self, error: str, code: str, close: CloseCode) -> None:
+        super().__init__(error)
+        self.error, self.code, self.close = error, code, close
+
+
 class Connection:
     def __init__(self, ws: ClientSocket, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
         self.ws = ws
@@ -97,24 +133,31 @@ class Connection:
         self._bucket = TokenBucket(ctx.settings.client_rate_per_s, ctx.settings.client_burst)
         self._refused = 0  # frames refused by the rate limit since the last accepted one
         self._present: set[str] = set()  # session channels this connection counts in presence
+        self._phase = TASK
+        self._host: HostSocket | None = None  # the server that runs the task (begin())
+        self._timer: asyncio.TimerHandle | None = None  # the auth frame's deadline (AUTH)
+        self._cancel_wait: Callable[[], None] | None = None  # the attaches' wait (ATTACH)
+        self._unread = False  # a message came during ATTACH: the task starts at once after it
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        m = self.ctx.metrics
+        """The connection's whole life, on the caller's task (any server)."""
         await self.ws.accept()
-        m.accepted[self.kind].inc()
+        self.ctx.metrics.accepted[self.kind].inc()
+        await self._serve(self._authenticate)
+
+    async def _serve(self, authenticate: Callable[[], Awaitable[None]] | None) -> None:
+        """Authenticate (unless done already), read until the end, then tear down."""
         code = CloseCode.NORMAL
         self._main = asyncio.current_task()
         try:
-            await self._authenticate()
-            self._live = True  # a queued frame may start the writer: nothing overtook the reply
-            self._start_writer()
-            m.auth_ok.inc()
-            self.ctx.connections.add(self)
-            m.connected(len(self.ctx.connections))
+            if authenticate is not None:
+                await authenticate()
+                self._went_live()
             structlog.contextvars.bind_contextvars(connection_id=self.connection_id)
-            await self._read_loop()
+            if self._closing is None:
+                await self._read_loop()
             code = self._closing or CloseCode.NORMAL
         except asyncio.CancelledError:
             if not self._stopping:
@@ -133,6 +176,110 @@ class Connection:
             self._main = None  # nothing stops the teardown
             self._live = False
             await self._teardown(code)
+
+    def _went_live(self) -> None:
+        m = self.ctx.metrics
+        self._live = True  # a queued frame may start the writer: nothing overtook the reply
+        self._start_writer()
+        m.auth_ok.inc()
+        self.ctx.connections.add(self)
+        m.connected(len(self.ctx.connections))
+
+    # ---- without a task (begin) ------------------------------------------------------------
+
+    def begin(self, host: HostSocket) -> None:
+        """Wait for the auth frame without a task (its handshake was answered)."""
+        self.ctx.sockets += 1
+        self.ctx.metrics.accepted[self.kind].inc()
+        self._host, self._phase = host, AUTH
+        host.handler = self
+        self._timer = asyncio.get_running_loop().call_later(self.ctx.settings.auth_timeout_s,
+                                                            self._auth_deadline)
+
+    def on_message(self, message: str | bytes) -> bool:
+        """MessageHandler: the auth frame is handled here; later messages start the task."""
+        if self._phase == AUTH:
+            try:
+                if self._auth_now(message):
+                    return True
+            except Exception:  # the task path handles the frame again, and closes with 1011
+                log.exception("auth_frame_failed")
+            self._go(self._authenticate)  # refusals and recovery: the task reads this message
+        elif self._phase == ATTACH:
+            self._unread = True
+        elif self._phase == IDLE:
+            self._go(None)
+        return False
+
+    def on_disconnect(self) -> None:
+        if self._phase == AUTH:
+            self._go(self._authenticate)  # it reads the disconnect and tears down
+        elif self._phase in (ATTACH, IDLE):
+            self._go(None)
+
+    def _go(self, authenticate: Callable[[], Awaitable[None]] | None) -> None:
+        """From now on the connection runs on a task of its own, as under `serve`."""
+        assert self._host is not None
+        self._phase = TASK
+        self._host.handler = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._cancel_wait is not None:
+            self._cancel_wait()
+            self._cancel_wait = None
+        self._host.spawn(self._serve_spawned(authenticate))
+
+    async def _serve_spawned(self, authenticate: Callable[[], Awaitable[None]] | None) -> None:
+        try:
+            await self._serve(authenticate)
+        finally:
+            self.ctx.sockets -= 1
+
+    def _auth_deadline(self) -> None:
+        self._timer = None
+        if self._phase == AUTH:
+            self._go(self._auth_timed_out)
+
+    def _auth_now(self, raw: str | bytes) -> bool:
+        """Accept an auth frame as it is read; False leaves it to the task (refusals, recovery)."""
+        try:
+            frame, principal = self._check_auth(raw)
+        except _Refused:
+            return False
+        if frame.recover or self._frames is None:
+            return False
+        self.ctx.metrics.bytes_in.inc(len(raw))
+        self._admit(principal)
+        available, names = self._auth_channels(frame)
+        ok, failed, new, waits = self._subscribe_nowait(names)
+
+        def attached() -> None:
+            self._cancel_wait = None
+            if self._phase != ATTACH:
+                return  # closed meanwhile: its task tears down
+            try:
+                self._subscribed(new)
+                self._reply(available, ok, failed, {})
+                self._went_live()
+            except Exception:
+                log.exception("session_failed", connection_id=self.connection_id)
+                self._closing = CloseCode.INTERNAL_ERROR
+                self._go(None)
+                return
+            self._phase = IDLE
+            if self._unread:
+                self._go(None)
+
+        self._phase = ATTACH
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if waits:
+            self._cancel_wait = self.ctx.hub.when_attached(waits, attached)
+        else:
+            attached()
+        return True
 
     async def _teardown(self, code: CloseCode) -> None:
         self._presence_leave(list(self._present))
@@ -164,39 +311,66 @@ class Connection:
         self._stop()
 
     def _stop(self) -> None:
-        """End run()'s reading (it then tears down), unless it is already tearing down."""
+        """End the reading (the task then tears down), unless it is already tearing down."""
         if self._main is not None and not self._stopping:
             self._stopping = True
             self._main.cancel()
+        elif self._phase in (ATTACH, IDLE):
+            self._go(None)  # no task yet: one starts, and closes with _closing's code
 
     # ---- auth ------------------------------------------------------------------------------
 
     async def _authenticate(self) -> None:
-        s, m = self.ctx.settings, self.ctx.metrics
         if not valid_id(self.path_id):
             await self._auth_failed("invalid id in path", "invalid_id", CloseCode.FORBIDDEN)
         try:
-            async with asyncio.timeout(s.auth_timeout_s):
+            async with asyncio.timeout(self.ctx.settings.auth_timeout_s):
                 raw = await self.ws.receive()
         except TimeoutError:
-            await self._auth_failed("authentication timeout", "auth_timeout", CloseCode.BAD_AUTH_FRAME)
-        m.bytes_in.inc(len(raw))
+            await self._auth_timed_out()
+        self.ctx.metrics.bytes_in.inc(len(raw))
+        try:
+            frame, principal = self._check_auth(raw)
+        except _Refused as r:
+            await self._auth_failed(r.error, r.code, r.close)
+        self._admit(principal)
+        available, names = self._auth_channels(frame)
+        # Recovered channels first: their live frames must be held before any can arrive.
+        recovery = await self._begin_recovery(frame.recover) if frame.recover else {}
+        ok, failed = await self._subscribe(names)
+        if self._frames is None:
+            reply, established = self._auth_reply(available, ok, failed, recovery)
+            await self._send_now(orjson.dumps(reply).decode())
+            self._start_replays(recovery)
+            self._push_event("connection_established", established, clean=True)
+            self._authenticated()
+        else:
+            self._reply(available, ok, failed, recovery)
+
+    async def _auth_timed_out(self) -> NoReturn:
+        await self._auth_failed("authentication timeout", "auth_timeout", CloseCode.BAD_AUTH_FRAME)
+
+    def _check_auth(self, raw: str | bytes) -> tuple[wire.AuthFrame, Principal]:
+        """The auth frame and its principal, allowed on this path; raises _Refused."""
         try:
             frame = wire.parse_auth(wire.load_json_object(raw))
         except wire.ProtocolError as e:
-            await self._auth_failed(str(e), e.code, CloseCode.BAD_AUTH_FRAME)
+            raise _Refused(str(e), e.code, CloseCode.BAD_AUTH_FRAME) from e
         try:
             principal = self.ctx.verifier.verify(frame.token)
         except AuthError as e:
-            await self._auth_failed(str(e), e.code, CloseCode.AUTH_FAILED)
+            raise _Refused(str(e), e.code, CloseCode.AUTH_FAILED) from e
         if self.kind == "chat":
             if (frame.session_id and frame.session_id != self.path_id) or not principal.may_join(self.path_id):
-                await self._auth_failed("not allowed to join this session", "forbidden", CloseCode.FORBIDDEN)
-            self.session_id = self.path_id
+                raise _Refused("not allowed to join this session", "forbidden", CloseCode.FORBIDDEN)
         elif principal.user_id != self.path_id:
-            await self._auth_failed("not allowed to watch this user", "forbidden", CloseCode.FORBIDDEN)
+            raise _Refused("not allowed to watch this user", "forbidden", CloseCode.FORBIDDEN)
+        return frame, principal
+
+    def _admit(self, principal: Principal) -> None:
         self.principal = principal
-        await self._accept_auth(frame)
+        if self.kind == "chat":
+            self.session_id = self.path_id
 
     async def _auth_failed(self, error: str, code: str, close: CloseCode) -> NoReturn:
         self.ctx.metrics.auth.labels(code).inc()
@@ -205,19 +379,23 @@ class Connection:
             await self._send_now(wire.encode(reply).decode())
         raise Closed(close, error)
 
-    async def _accept_auth(self, frame: wire.AuthFrame) -> None:
+    def _auth_channels(self, frame: wire.AuthFrame) -> tuple[list[str], list[str]]:
+        """(the channels this connection may subscribe, those it asks for or gets by default)."""
         p = self.principal
         assert p is not None
         available = [f"user:{p.user_id}", f"agent_status:{p.user_id}"]
         if self.session_id:
             available.insert(0, f"session:{self.session_id}")
         default = [available[0], f"user:{p.user_id}"] if self.kind == "chat" else available[1::-1]
-        # Recovered channels first: their live frames must be held before any can arrive.
-        recovery = await self._begin_recovery(frame.recover) if frame.recover else {}
-        ok, failed = await self._subscribe([*default, *frame.channels])
+        return available, [*default, *frame.channels]
+
+    def _auth_reply(self, available: list[str], ok: list[str], failed: list[str],
+                    recovery: dict[str, ClientRecovery]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The auth reply and connection_established's payload."""
         # Both built without None values (never sent: the keys are left out), so encoded as
         # they are; snake_case and the camelCase of TripSage's documentation.
-        cid, uid, sid = self.connection_id, p.user_id, self.session_id
+        assert self.principal is not None
+        cid, uid, sid = self.connection_id, self.principal.user_id, self.session_id
         reply: dict[str, Any] = {"success": True, "connection_id": cid, "user_id": uid}
         if sid:
             reply["session_id"] = sid
@@ -234,20 +412,26 @@ class Connection:
         if sid:
             established["session_id"] = sid
         established["channels"] = sorted(self.channels)
-        if self._frames is None:
-            await self._send_now(orjson.dumps(reply).decode())
+        return reply, established
+
+    def _reply(self, available: list[str], ok: list[str], failed: list[str],
+               recovery: dict[str, ClientRecovery]) -> None:
+        """Write the auth reply and connection_established straight to the transport."""
+        assert self._frames is not None
+        reply, established = self._auth_reply(available, ok, failed, recovery)
+        first = text_frame(orjson.dumps(reply))
+        with CORK:  # the reply and connection_established leave in one write
+            self._frames.write((first,))
+            self._count_out(first, 0, 0.0)
+            self._direct = True  # nothing may overtake the auth reply
             self._start_replays(recovery)
             self._push_event("connection_established", established, clean=True)
-        else:
-            first = text_frame(orjson.dumps(reply))
-            with CORK:  # the reply and connection_established leave in one write
-                self._frames.write((first,))
-                self._count_out(first, 0, 0.0)
-                self._direct = True  # nothing may overtake the auth reply
-                self._start_replays(recovery)
-                self._push_event("connection_established", established, clean=True)
-        log.info("session_authenticated", user_id=p.user_id, session_id=self.session_id,
-                 kind=self.kind)
+        self._authenticated()
+
+    def _authenticated(self) -> None:
+        assert self.principal is not None
+        log.info("session_authenticated", user_id=self.principal.user_id, session_id=self.session_id,
+                 kind=self.kind, connection_id=self.connection_id)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -415,6 +599,16 @@ class Connection:
     async def _subscribe(self, names: list[str]) -> tuple[list[str], list[str]]:
         """Subscribe the channels this principal may read; returns (subscribed, failed) names.
         Returns once every new subscription is attached upstream (live)."""
+        ok, failed, new, waits = self._subscribe_nowait(names)
+        if waits:
+            await self.ctx.hub.wait_attached(waits)
+        self._subscribed(new)
+        return ok, failed
+
+    def _subscribe_nowait(
+        self, names: list[str],
+    ) -> tuple[list[str], list[str], list[tuple[str, ChannelState]], list[Wait]]:
+        """`_subscribe` up to the attaches' wait: (subscribed, failed, new channels, waits)."""
         assert self.principal is not None
         ok: list[str] = []
         failed: list[str] = []
@@ -429,11 +623,16 @@ class Connection:
                 new.append(channel)
             if channel not in ok:
                 ok.append(channel)
-        states = await self.ctx.hub.subscribe(self, new) if new else []
-        for channel, state in zip(new, states, strict=True):
+        if not new:
+            return ok, failed, [], []
+        states, waits = self.ctx.hub.subscribe_nowait(self, new)
+        return ok, failed, list(zip(new, states, strict=True)), waits
+
+    def _subscribed(self, new: list[tuple[str, ChannelState]]) -> None:
+        """The new channels are live (or given up on): positions and presence."""
+        for channel, state in new:
             self.offsets.setdefault(channel, state.sync.offset)
-        self._presence_join(new)
-        return ok, failed
+        self._presence_join([channel for channel, _ in new])
 
     async def _history(self, frame: wire.HistoryFrame) -> None:
         channel = normalize_channel(frame.channel)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -55,6 +55,9 @@ class ChannelState:
     attaching: bool = False  # until its first subscriber's wait for the attach ended
 
 
+Wait = tuple[ChannelState, "asyncio.Future[bool]"]  # a channel and its attach's answer
+
+
 class Hub:
     def __init__(self, pool: RouterPool, history: HistoryReader, metrics: EdgeMetrics,
                  *, pending_max: int, attach_timeout_s: float) -> None:
@@ -72,8 +75,16 @@ class Hub:
         from then on reach the subscriber. A channel whose attach times out (no router up) is
         attached when its owner's stream opens, and later subscribers no longer wait for it.
         Channels already live cost no wait at all (a connection storm mostly subscribes those)."""
+        states, waits = self.subscribe_nowait(sub, channels)
+        if waits:
+            await self.wait_attached(waits)
+        return states
+
+    def subscribe_nowait(self, sub: Subscriber, channels: Sequence[str]) -> tuple[list[ChannelState], list[Wait]]:
+        """`subscribe` without the wait: the states, and the attaches to wait for (with
+        `wait_attached` or `when_attached`) before the channels are live."""
         states: list[ChannelState] = []
-        waits: list[tuple[ChannelState, asyncio.Future[bool]]] = []
+        waits: list[Wait] = []
         for channel in channels:
             state = self.channels.get(channel)
             if state is None:
@@ -84,11 +95,9 @@ class Hub:
                 waits.append((state, self._pool.attach_waiter(channel)))
             state.subscribers.add(sub)
             states.append(state)
-        if waits:
-            await self._wait_attached(waits)
-        return states
+        return states, waits
 
-    async def _wait_attached(self, waits: list[tuple[ChannelState, asyncio.Future[bool]]]) -> None:
+    async def wait_attached(self, waits: list[Wait]) -> None:
         # Every subscriber awaits futures of its own, directly: its task wakes in the loop
         # iteration after the router's answer was read (asyncio.wait would add one more), and
         # the timeout cancels only its own.
@@ -96,6 +105,45 @@ class Hub:
             async with asyncio.timeout(self._attach_timeout_s):
                 for _, fut in waits:
                     await fut
+        self._waited(waits)
+
+    def when_attached(self, waits: list[Wait], callback: Callable[[], None]) -> Callable[[], None]:
+        """`wait_attached` without a task: `callback` runs once every attach is answered or the
+        attach timeout has passed. Returns a function that cancels the wait (callback not run)."""
+        left = len(waits)
+        timer: asyncio.TimerHandle | None = None
+
+        def finish() -> None:
+            nonlocal timer
+            if timer is None:
+                return  # ended already (by the timeout, or cancelled)
+            timer.cancel()
+            timer = None
+            for _, fut in waits:
+                fut.cancel()  # the timeout's: no-op on an answered future
+            self._waited(waits)
+            callback()
+
+        def answered(_: asyncio.Future[bool]) -> None:
+            nonlocal left
+            left -= 1
+            if not left:
+                finish()
+
+        def cancel() -> None:
+            nonlocal timer
+            if timer is not None:
+                timer.cancel()
+                timer = None
+                for _, fut in waits:
+                    fut.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self._attach_timeout_s, finish)
+        for _, fut in waits:
+            fut.add_done_callback(answered)
+        return cancel
+
+    def _waited(self, waits: list[Wait]) -> None:
         for state, fut in waits:
             if state.attaching and (fut.cancelled() or not fut.done()):
                 log.warning("attach_timeout", channel=state.sync.channel)

@@ -6,7 +6,8 @@ transport, several queued frames in one write (a `FrameWriter`), instead of buil
 making a write() per message per socket.
 
 `ClientSocket` is what a `Connection` needs of its socket. The edge's own WebSocket server
-(`wsserver.py`) implements it and is a `FrameWriter`; `asgisocket.py` adapts Starlette's WebSocket
+(`wsserver.py`) implements it, is a `FrameWriter`, and is a `HostSocket` (a connection runs on
+it without a task until it needs one); `asgisocket.py` adapts Starlette's WebSocket
 (another ASGI server, a test client), which has no FrameWriter: frames then go through `send_text`.
 No extension is negotiated: prepared frames are written as they are.
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -141,3 +142,24 @@ class ClientSocket(Protocol):
 
     async def close(self, code: int, reason: str = "") -> None:
         """Send a close frame after what the socket still holds; a no-op once closed."""
+
+
+class MessageHandler(Protocol):
+    """Takes a socket's messages as they are read, before any task would (see `HostSocket`)."""
+
+    def on_message(self, message: str | bytes) -> bool:
+        """A message was read: True when handled, False to queue it for `receive()`."""
+
+    def on_disconnect(self) -> None:
+        """The socket is closed (by the peer, by us, or lost)."""
+
+
+class HostSocket(ClientSocket, Protocol):
+    """A ClientSocket whose server calls a handler as it reads, and runs tasks for it: a
+    connection can then go without a task of its own until it needs one (the edge's server)."""
+
+    handler: MessageHandler | None
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as this socket's task (the server waits for it on shutdown); the socket
+        is dropped when it ends without a close frame out."""

@@ -5,7 +5,9 @@ its Config: built with (config, server_state, app_state), given the transport
 (`connection_made`) and the request head (`data_received`), then made the transport's protocol.
 This class checks the opening handshake (section 4.2), matches the edge's two WebSocket routes
 itself, and runs the edge's `Connection` on itself: no ASGI scope, queue or task per message, no
-Starlette WebSocket, and after the handshake it keeps only what the connection needs.
+Starlette WebSocket, and after the handshake it keeps only what the connection needs. The
+connection is its `handler` while it has no task of its own (connection.py `begin`): messages
+are offered to it as they are read, and it is told of the disconnect; `spawn` runs its task.
 
 Frames (section 5): client frames must be masked; text, binary and continuation frames make
 messages of at most `ws_max_size` bytes (else 1009); text must be UTF-8 (else 1007); pings are
@@ -25,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
@@ -34,9 +37,9 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from services.common.close_codes import CloseCode
-from services.edge.connection import Kind, serve
+from services.edge.connection import Kind, begin
 from services.edge.context import EdgeContext
-from services.edge.wsproto import Disconnected, FrameWriter, text_frame
+from services.edge.wsproto import Disconnected, FrameWriter, MessageHandler, text_frame
 
 log = structlog.get_logger("switchboard.edge")
 
@@ -87,7 +90,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
 
     __slots__ = ("_app_state", "_buf", "_close_code", "_config", "_drain", "_frag",
                  "_frag_size", "_frag_text", "_inbox", "_pong_due", "_read_paused", "_server_state",
-                 "_state", "_timer", "_waiter", "_write_paused", "transport")
+                 "_state", "_timer", "_waiter", "_write_paused", "handler", "transport")
     transport: asyncio.Transport
 
     def __init__(self, config: Config, server_state: Any, app_state: dict[str, Any],
@@ -108,6 +111,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         self._pong_due = False
         self._read_paused = False
         self._write_paused = False
+        self.handler: MessageHandler | None = None  # the connection, while it has no task
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -199,12 +203,9 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
                              b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n")
         self._state = OPEN
         self._schedule_ping()
-        if self._buf:  # sent without waiting for the answer: kept for the connection
+        begin(self, ctx, *route)  # the connection's handler takes the auth frame as it is read
+        if self._buf:  # sent without waiting for the answer
             self._parse()
-        task = asyncio.get_running_loop().create_task(self._run(ctx, *route))
-        tasks: set[asyncio.Task[None]] = self._server_state.tasks  # uvicorn waits for them on shutdown
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
 
     def _respond(self, status: int, text: str, extra: bytes = b"") -> None:
         body = text.encode() + b"\n"
@@ -216,9 +217,17 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         self._buf = b""
         self._finish()
 
-    async def _run(self, ctx: EdgeContext, kind: Kind, path_id: str) -> None:
+    # ---- HostSocket ------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(coro))
+        tasks: set[asyncio.Task[None]] = self._server_state.tasks  # uvicorn waits for them on shutdown
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _run(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
-            await serve(self, ctx, kind, path_id)
+            await coro
         except Exception:  # top of the connection's task: log, and drop the socket below
             log.exception("socket_failed")
         finally:
@@ -378,6 +387,9 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
             except UnicodeDecodeError:
                 self._fail(1007, "invalid UTF-8 in a text message")
                 return
+        handler = self.handler
+        if handler is not None and handler.on_message(message):
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self._waiter = None
@@ -421,6 +433,8 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         if waiter is not None and not waiter.done():
             self._waiter = None
             waiter.set_exception(Disconnected(code))
+        if self.handler is not None:
+            self.handler.on_disconnect()
 
     def _finish(self) -> None:
         """Close the transport once what it holds is sent; drop it if that takes too long."""

@@ -318,6 +318,53 @@ async def test_leaving_while_attaching_detaches_and_ends_the_wait(make_rig: Make
 # ---- in order, duplicates, ephemeral ---------------------------------------------------------
 
 
+async def test_when_attached_calls_back_once_every_channel_is_live(make_rig: MakeRig, tu: float) -> None:
+    """The wait a connection without a task uses: a callback instead of an await."""
+    rig = await make_rig()
+    await subscribed(rig, "session:live")
+    rig.pool.released = False
+    sub = RecordingSubscriber()
+    states, waits = rig.hub.subscribe_nowait(sub, ["session:live", CHANNEL, "user:u1"])
+    assert [st.sync.channel for st in states] == ["session:live", CHANNEL, "user:u1"]
+    assert [st.sync.channel for st, _ in waits] == [CHANNEL, "user:u1"]  # the live one costs no wait
+    called = asyncio.Event()
+    rig.hub.when_attached(waits, called.set)
+    await asyncio.sleep(0.1 * tu)
+    assert not called.is_set()
+    rig.pool.release()
+    async with asyncio.timeout(0.5 * tu):
+        await called.wait()
+    assert not rig.hub.channels[CHANNEL].attaching
+    assert rig.hub.subscribe_nowait(RecordingSubscriber(), [CHANNEL])[1] == []  # live: no wait
+
+
+async def test_when_attached_calls_back_at_the_attach_timeout(make_rig: MakeRig, tu: float) -> None:
+    rig = await make_rig()
+    rig.pool.released = False  # no router answers: the callback comes after 1 tu
+    _, waits = rig.hub.subscribe_nowait(RecordingSubscriber(), [CHANNEL])
+    called = asyncio.Event()
+    started = asyncio.get_running_loop().time()
+    rig.hub.when_attached(waits, called.set)
+    async with asyncio.timeout(3.0 * tu):
+        await called.wait()
+    assert asyncio.get_running_loop().time() - started >= 0.9 * tu
+    assert rig.hub.subscribe_nowait(RecordingSubscriber(), [CHANNEL])[1] == []  # given up on: no wait
+
+
+async def test_a_cancelled_wait_never_calls_back(make_rig: MakeRig, tu: float) -> None:
+    """A connection that goes away while its channels attach cancels its wait: no callback,
+    neither when the router answers nor at the timeout."""
+    rig = await make_rig()
+    rig.pool.released = False
+    _, waits = rig.hub.subscribe_nowait(RecordingSubscriber(), [CHANNEL])
+    calls: list[None] = []
+    cancel = rig.hub.when_attached(waits, lambda: calls.append(None))
+    cancel()
+    rig.pool.release()
+    await asyncio.sleep(1.5 * tu)  # past the attach timeout too
+    assert calls == []
+
+
 async def test_in_order_deliveries_pass_through_once_to_every_subscriber(make_rig: MakeRig) -> None:
     rig = await make_rig()
     a, b = await subscribed(rig), await subscribed(rig)

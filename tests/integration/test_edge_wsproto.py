@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 import websockets
@@ -69,13 +70,14 @@ MakeEdge = Callable[..., Awaitable[Edge]]
 @pytest.fixture
 async def make_edge(tu: float) -> AsyncIterator[MakeEdge]:
     """Starts an edge (and the history and router it needs) with settings overrides; `asgi=True`
-    serves WebSockets through uvicorn's own protocol and Starlette (the fallback path)."""
+    serves WebSockets through uvicorn's own protocol and Starlette (the fallback path). An edge
+    given another `store_url` finds no router: its attaches wait for the attach timeout."""
     async with contextlib.AsyncExitStack() as stack:
         store = f"memory://wsproto-{uuid.uuid4().hex[:8]}"
 
         def settings(node_id: str, port: int, **kw: Any) -> Settings:
-            return Settings(node_id=node_id, port=port, store_url=store, jwt_secret=SECRET,
-                            service_token=SERVICE, log_json=False, log_level="warning", **kw)
+            return Settings(**{"node_id": node_id, "port": port, "store_url": store, "jwt_secret": SECRET,
+                               "service_token": SERVICE, "log_json": False, "log_level": "warning", **kw})
 
         await stack.enter_async_context(running_history(settings("history-1", 0)))
         await stack.enter_async_context(running_router(settings("router-1", 0)))
@@ -396,6 +398,92 @@ async def test_a_client_that_sends_without_reading_is_paused_not_buffered(
             answered += 1
     raw.send(masked(0x8, struct.pack("!H", 1000)))
     assert await raw.close_code() == 1000
+
+
+# ---- connections without a task of their own ---------------------------------------------
+
+
+async def stats(edge: Edge) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{edge.port}/api/v1/stats", timeout=5.0)
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], tu: float) -> None:
+    async with asyncio.timeout(10 * tu):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_idle_connections_hold_no_task_and_still_get_every_event(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    """A connection that only listens costs no task (memory per idle connection); deliveries
+    reach it all the same, and one that speaks or leaves is served and let go as before."""
+    edge = await make_edge()
+    await authenticated(edge, sid, tu, raws)  # the session's channels are live from here on
+    before = len(asyncio.all_tasks())
+    listeners = [await authenticated(edge, sid, tu, raws) for _ in range(20)]
+    assert len(asyncio.all_tasks()) - before < 5  # one task per connection would be 20 more
+    speaker = listeners.pop()
+    speaker.send(masked(0x1, b'{"type": "chat_message", "payload": {"content": "to all"}}'))
+    for raw in [*listeners, speaker]:
+        while (ev := json.loads(await raw.until(0x1)))["type"] != "chat_message":
+            pass
+        assert ev["payload"]["content"] == "to all" and ev["offset"] >= 1
+    for raw in listeners[:10]:
+        raw.send(masked(0x8, struct.pack("!H", 1000)))
+        assert await raw.close_code() == 1000
+
+    async def let_go() -> bool:
+        return bool((await stats(edge))["active_connections"] == 11)  # the first, 9 listeners, the speaker
+
+    await eventually(let_go, tu)
+
+
+async def test_a_message_sent_behind_the_auth_frame_is_handled_after_the_reply(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    """A client need not wait for the reply: what it sends right behind the auth frame (here in
+    the same TCP segment, while the session's channel attaches) is handled after it, in order."""
+    edge = await make_edge()
+    raw, _ = await open_raw(edge, sid, tu, raws)
+    raw.send(masked(0x1, json.dumps({"token": edge.token("alice", sid)}).encode())
+             + masked(0x1, b'{"type": "chat_message", "payload": {"content": "first"}}')
+             + masked(0x1, b'{"type": "heartbeat", "payload": {}}'))
+    seen: list[str] = []
+    while len(seen) < 4:
+        frame = json.loads(await raw.until(0x1))
+        seen.append("reply" if "success" in frame else frame["type"])
+        if frame.get("type") == "chat_message":
+            assert frame["payload"]["content"] == "first"
+    assert seen[0] == "reply" and seen[1] == "connection_established"
+    assert sorted(seen[2:]) == ["chat_message", "connection_heartbeat"]
+
+
+async def test_a_client_leaving_while_its_channels_attach_is_let_go(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    """With no router to answer, a connection waits for its attaches (up to the RPC timeout).
+    One that leaves meanwhile is released at once; one that stays gets its reply at the timeout."""
+    edge = await make_edge(store_url=f"memory://no-router-{uuid.uuid4().hex[:6]}", rpc_timeout_s=2.0 * tu)
+    leaving, _ = await open_raw(edge, sid, tu, raws)
+    leaving.send(masked(0x1, json.dumps({"token": edge.token("alice", sid)}).encode()))
+
+    async def waiting(n: int) -> bool:
+        return bool((await stats(edge))["connections_by_status"]["authenticating"] == n)
+
+    await eventually(lambda: waiting(1), tu)
+    await leaving.aclose()
+    await eventually(lambda: waiting(0), tu)
+    assert (await stats(edge))["active_connections"] == 0
+
+    staying, _ = await open_raw(edge, sid, tu, raws)
+    started = asyncio.get_running_loop().time()
+    staying.send(masked(0x1, json.dumps({"token": edge.token("alice", sid)}).encode()))
+    reply = json.loads(await staying.until(0x1))
+    assert reply["success"] is True and f"session:{sid}" in reply["subscribed_channels"]
+    assert asyncio.get_running_loop().time() - started >= 1.5 * tu  # it waited for the timeout
 
 
 # ---- the ASGI fallback -----------------------------------------------------------------------
