@@ -4,9 +4,14 @@ Connections report joins and leaves synchronously (`add`, `remove`); nothing the
 the store. One owned writer task sends the changed (channel, user) counts in one batched store
 call, at most once per `flush_s` (a connection storm's joins of a channel share a write), and
 every `ttl/3` renews all of this edge's entries (which also removes the expired
-entries of dead edges in those channels). Whoever's store call reports a user as joined or
-left announces it with an ephemeral `presence_join` / `presence_leave` on the channel, so each
-change is announced once across the cluster. Channels with more than `event_max_users`
+entries of dead edges in those channels). A user's first connection here and last one gone wake
+the writer; another connection of a user already present only changes the user's connection
+count, which waits for the next write (a join, a leave, a query here, or the renewal): a storm of
+connections to sessions whose users are already present costs no store write.
+
+Whoever's store call reports a user as joined or left announces it with an ephemeral
+`presence_join` / `presence_leave` on the channel, so each change is announced once across the
+cluster. Channels with more than `event_max_users`
 present users get at most one summary of each kind per `throttle_s`.
 """
 
@@ -63,30 +68,35 @@ class PresenceTracker:
 
     def add(self, channel: str, user_id: str) -> None:
         users = self.local.setdefault(channel, {})
-        users[user_id] = users.get(user_id, 0) + 1
-        self._mark(channel, user_id)
+        n = users[user_id] = users.get(user_id, 0) + 1
+        self._mark(channel, user_id, wake=n == 1)
 
     def remove(self, channel: str, user_id: str) -> None:
         users = self.local.get(channel, {})
         if user_id not in users:
             return
         users[user_id] -= 1
-        if users[user_id] <= 0:
+        gone = users[user_id] <= 0
+        if gone:
             del users[user_id]
             if not users:
                 del self.local[channel]
-        self._mark(channel, user_id)
+        self._mark(channel, user_id, wake=gone)
 
-    def _mark(self, channel: str, user_id: str) -> None:
+    def _mark(self, channel: str, user_id: str, *, wake: bool) -> None:
+        """A changed count; `wake`: the user came or went here, so write it soon."""
         self._dirty.setdefault(channel, set()).add(user_id)
         self._idle.clear()
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     # ---- queries ---------------------------------------------------------------------------
 
     async def users(self, channel: str) -> dict[str, int]:
         """Users present in the channel over every live edge. This edge's own pending changes are
         written first (bounded wait), so a client sees its own join. Raises StoreError."""
+        if not self._idle.is_set():
+            self._wake.set()  # connection counts that wait for the next write: write them now
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout_s):
                 await self._idle.wait()

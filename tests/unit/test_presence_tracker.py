@@ -59,6 +59,39 @@ async def test_a_storm_of_joins_is_written_in_few_batches_and_announced_once(key
 
 
 
+async def test_more_connections_of_present_users_wait_for_the_next_write(key_prefix: str, tu: float) -> None:
+    """Only a user's first connection here and last one gone wake the writer: a storm into
+    sessions whose users are present writes nothing, until a join or a query needs the counts."""
+    url = f"memory://{key_prefix}"
+    store = CountingStore(build_presence_store(Backend(url, Keys(key_prefix), memory=memory_backend(url))))
+
+    async def publish(channel: str, event: Event) -> object:
+        return None
+
+    tracker = PresenceTracker(store, "e1", publish, ttl_s=30.0, events=True, event_max_users=100,
+                              throttle_s=1.0, timeout_s=2.0 * tu, flush_s=0.05 * tu)
+    await tracker.start()
+    try:
+        for room in range(10):
+            tracker.add(f"session:r{room}", "u1")
+        await asyncio.sleep(0.2 * tu)
+        assert len(store.updates) == 1  # the ten joins, in one write
+        for _ in range(5):  # 50 more connections of u1: counts only
+            for room in range(10):
+                tracker.add(f"session:r{room}", "u1")
+        tracker.remove("session:r0", "u1")
+        await asyncio.sleep(0.3 * tu)
+        assert len(store.updates) == 1
+        tracker.add("session:r0", "u2")  # a join: written soon, with the counts waiting
+        await asyncio.sleep(0.2 * tu)
+        assert len(store.updates) == 2 and store.updates[1]["session:r3"] == {"u1": 6}
+        tracker.add("session:r3", "u1")
+        assert await tracker.users("session:r3") == {"u1": 7}  # a query writes what waits first
+        assert await tracker.users("session:r0") == {"u1": 5, "u2": 1}
+    finally:
+        await tracker.aclose()
+
+
 class ReorderingStore:
     """The in-memory presence store, with the one property of a real store that matters here: a
     write already sent is carried out when the store gets to it, whether or not its caller
