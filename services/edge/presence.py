@@ -6,8 +6,8 @@ call, at most once per `flush_s` (a connection storm's joins of a channel share 
 every `ttl/3` renews all of this edge's entries (which also removes the expired
 entries of dead edges in those channels). A user's first connection here and last one gone wake
 the writer; another connection of a user already present only changes the user's connection
-count, which waits for the next write (a join, a leave, a query here, or the renewal): a storm of
-connections to sessions whose users are already present costs no store write.
+count, which waits for a query answered here or the renewal: a storm of connections to sessions
+whose users are already present costs no store write.
 
 Whoever's store call reports a user as joined or left announces it with an ephemeral
 `presence_join` / `presence_leave` on the channel, so each change is announced once across the
@@ -56,7 +56,9 @@ class PresenceTracker:
         self._ttl_s, self._timeout_s, self._flush_s = ttl_s, timeout_s, flush_s
         self._events, self._max_users, self._throttle_s = events, event_max_users, throttle_s
         self.local: dict[str, dict[str, int]] = {}  # channel -> user -> connections here
-        self._dirty: dict[str, set[str]] = {}
+        self._dirty: dict[str, set[str]] = {}  # users who came or went here: written soon
+        self._counts: dict[str, set[str]] = {}  # connection counts of present users: written later
+        self._want_counts = False  # a query waits: the next write takes the counts too
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -85,10 +87,12 @@ class PresenceTracker:
 
     def _mark(self, channel: str, user_id: str, *, wake: bool) -> None:
         """A changed count; `wake`: the user came or went here, so write it soon."""
-        self._dirty.setdefault(channel, set()).add(user_id)
         self._idle.clear()
         if wake:
+            self._dirty.setdefault(channel, set()).add(user_id)
             self._wake.set()
+        else:
+            self._counts.setdefault(channel, set()).add(user_id)
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -96,7 +100,8 @@ class PresenceTracker:
         """Users present in the channel over every live edge. This edge's own pending changes are
         written first (bounded wait), so a client sees its own join. Raises StoreError."""
         if not self._idle.is_set():
-            self._wake.set()  # connection counts that wait for the next write: write them now
+            self._want_counts = True  # connection counts waiting for a write: write them now
+            self._wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout_s):
                 await self._idle.wait()
@@ -156,12 +161,18 @@ class PresenceTracker:
         """Write the changed counts (all of this edge's counts when `full`); False on failure,
         in which case the changes stay marked for the next attempt."""
         dirty, self._dirty = self._dirty, {}
+        if full or self._want_counts:
+            self._want_counts = False
+            for channel, users in self._counts.items():
+                dirty.setdefault(channel, set()).update(users)
+            self._counts = {}
         counts = {c: {u: self.local.get(c, {}).get(u, 0) for u in users} for c, users in dirty.items()}
         if full:
             for channel, users in self.local.items():
                 counts.setdefault(channel, {}).update(users)
         if not counts:
-            self._idle.set()
+            if not self._counts:
+                self._idle.set()
             return True
         # The write runs as a task of its own that aclose does not cancel: once sent, the store
         # carries it out even if no one waits for the answer, possibly after the removal aclose
@@ -176,7 +187,7 @@ class PresenceTracker:
             for channel, marked in dirty.items():
                 self._dirty.setdefault(channel, set()).update(marked)
             return False
-        if not self._dirty:
+        if not self._dirty and not self._counts:
             self._idle.set()
         await asyncio.gather(*(self._announce(c, ch) for c, ch in changes.items()))
         return True
