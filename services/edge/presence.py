@@ -163,8 +163,8 @@ class PresenceTracker:
         dirty, self._dirty = self._dirty, {}
         if full or self._want_counts:
             self._want_counts = False
-            for channel, users in self._counts.items():
-                dirty.setdefault(channel, set()).update(users)
+            for channel, waiting in self._counts.items():
+                dirty.setdefault(channel, set()).update(waiting)
             self._counts = {}
         counts = {c: {u: self.local.get(c, {}).get(u, 0) for u in users} for c, users in dirty.items()}
         if full:
