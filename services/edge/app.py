@@ -33,7 +33,7 @@ from services.common.store.factory import Backend, build_membership_store, open_
 from services.common.tasks import cancel_and_wait
 from services.common.telemetry import GrpcMetrics, new_registry
 from services.edge.asgisocket import AsgiSocket
-from services.edge.connection import PUBLISH_UNIT_MAX, Kind, presence_payload, serve
+from services.edge.connection import PUBLISH_UNIT_MAX, Kind, presence_payload, serve, warm_up
 from services.edge.context import EdgeContext
 from services.edge.demo_agent import DemoAgent
 from services.edge.domain import Event
@@ -117,6 +117,7 @@ def create_app(settings: Settings) -> Starlette:
         verifier = TokenVerifier(settings.jwt_secret, settings.jwt_algorithm,
                                  allow_any_session=settings.allow_any_session,
                                  cache_size=settings.jwt_cache_size)
+        warm_up(settings.jwt_algorithm)
         ctx = EdgeContext(settings, routers, verifier,
                           pool, reader, hub, metrics, registry)
         metrics.watch(ctx.connections, pool.connected_count)

@@ -15,6 +15,7 @@ from services.common.auth import (
     normalize_channel,
     valid_id,
 )
+from services.edge.connection import warm_up
 
 # Long enough for HS256 (PyJWT warns below 32 bytes, and warnings are errors here).
 SECRET = "unit-test-secret-0123456789abcdef0123456789abcdef"
@@ -212,3 +213,10 @@ def test_the_cache_is_bounded_and_can_be_off() -> None:
     off = TokenVerifier(SECRET, cache_size=0)
     assert [off.verify(t).user_id for t in tokens] == [f"user-{i}" for i in range(5)]
     assert not off._cache
+
+
+def test_the_edges_warm_up_runs_for_any_configured_algorithm() -> None:
+    """An edge warms its auth path before it is ready; with a key it cannot sign for (an
+    asymmetric algorithm) it still starts."""
+    for algorithm in ("HS256", "HS512", "RS256", "ES256"):
+        warm_up(algorithm)
