@@ -214,8 +214,11 @@ class Connection:
             try:
                 if self._auth_now(message):
                     return True
-            except Exception:  # the task path handles the frame again, and closes with 1011
-                log.exception("auth_frame_failed")
+            except Exception:  # as a task's would: logged, and closed with 1011
+                log.exception("session_failed", connection_id=self.connection_id)
+                self._closing = CloseCode.INTERNAL_ERROR
+                self._go(None)
+                return True
             self._go(self._authenticate)  # refusals and recovery: the task reads this message
         elif self._phase == ATTACH:
             self._unread = True

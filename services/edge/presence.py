@@ -11,8 +11,8 @@ whose users are already present costs no store write.
 
 Whoever's store call reports a user as joined or left announces it with an ephemeral
 `presence_join` / `presence_leave` on the channel, so each change is announced once across the
-cluster. Channels with more than `event_max_users`
-present users get at most one summary of each kind per `throttle_s`.
+cluster. Channels with more than `event_max_users` present users get at most one summary of
+each kind per `throttle_s`.
 """
 
 from __future__ import annotations
