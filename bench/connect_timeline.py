@@ -4,8 +4,12 @@ Opens C WebSocket connections (at most --concurrency in flight) to the edges of 
 cluster, spread like the shared harness (client i joins session room{i % R} on edge
 (i // R) % edges), each timed from its TCP connect to the auth reply. Prints p50/p99/max for
 the whole storm and p50/max per tenth of it in start order: a slow first tenth is a cold-start
-cost (first attaches, pool connections), a slow later tenth a pause (GC, a store stall).
-Then one JSON line with every number. All connections use one token, as the harness does.
+cost (first attaches, pool connections), a slow later tenth a pause (GC, a store stall). Each
+connection's time is split at the 101 (the handshake, mostly the client's own pace) and the
+auth reply after it (the edge's work and its wait for the router's attach answer), for the
+storm's first wave (`--concurrency` connections started at once; with the defaults all on the
+first edge) and for its slowest 1 %, the connections the p99 is made of. Then one JSON line
+with every number. All connections use one token, as the harness does.
 
     switchboard dev --edges 2 --routers 2 --port 18000 &     # SWITCHBOARD_ALLOW_ANY_SESSION=true
     uv run --group bench python -m bench.connect_timeline --port 18000 --edges 2 -C 2000
@@ -31,15 +35,17 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 
 async def storm(port: int, edges: int, clients: int, rooms: int, concurrency: int, token: str,
-                timeout_s: float, hold_s: float = 0.0) -> list[tuple[float, float]]:
-    """(start offset s, connect+auth ms) per connection, in start order."""
+                timeout_s: float, hold_s: float = 0.0) -> list[tuple[float, float, float]]:
+    """(start offset s, connect+auth ms, of which until the 101 ms) per connection, in start order."""
     from picows import WSListener, WSMsgType, ws_connect
 
     class Client(WSListener):
         def __init__(self, room: str, done: asyncio.Future[bool]) -> None:
             self.room, self.done = room, done
+            self.upgraded = 0.0
 
         def on_ws_connected(self, transport: Any) -> None:
+            self.upgraded = time.perf_counter()
             transport.send(WSMsgType.TEXT, json.dumps({"token": token, "session_id": self.room}).encode())
 
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
@@ -49,7 +55,7 @@ async def storm(port: int, edges: int, clients: int, rooms: int, concurrency: in
                     self.done.set_result(bool(reply["success"]))
 
     gate = asyncio.Semaphore(concurrency)
-    results: list[tuple[float, float]] = []
+    results: list[tuple[float, float, float]] = []
     transports: list[Any] = []
     t0 = time.perf_counter()
 
@@ -59,11 +65,13 @@ async def storm(port: int, edges: int, clients: int, rooms: int, concurrency: in
             url = f"ws://127.0.0.1:{port + (i // rooms) % edges}/ws/chat/{room}"
             done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             started = time.perf_counter()
-            transport, _ = await asyncio.wait_for(ws_connect(lambda: Client(room, done), url), timeout_s)
+            client = Client(room, done)
+            transport, _ = await asyncio.wait_for(ws_connect(lambda: client, url), timeout_s)
             transports.append(transport)
             if not await asyncio.wait_for(done, timeout_s):
                 raise RuntimeError(f"auth refused for connection {i}")
-            results.append((started - t0, (time.perf_counter() - started) * 1000))
+            results.append((started - t0, (time.perf_counter() - started) * 1000,
+                            (client.upgraded - started) * 1000))
 
     try:
         await asyncio.gather(*(one(i) for i in range(clients)))
@@ -92,7 +100,7 @@ def main() -> None:
 
     import uvloop
     results = uvloop.run(storm(a.port, a.edges, a.clients, a.rooms, a.concurrency, token, a.timeout, a.hold))
-    latencies = sorted(ms for _, ms in results)
+    latencies = sorted(ms for _, ms, _ in results)
     whole = {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "max": latencies[-1],
              "all_established_s": results[-1][0] + results[-1][1] / 1000}
     print(f"{a.clients} connections: p50 {whole['p50']:.1f} ms, p99 {whole['p99']:.1f} ms, "
@@ -100,10 +108,27 @@ def main() -> None:
     tenths = []
     size = max(1, len(results) // 10)
     for k in range(0, len(results), size):
-        part = sorted(ms for _, ms in results[k:k + size])
+        part = sorted(ms for _, ms, _ in results[k:k + size])
         tenths.append({"from_ms": round(results[k][0] * 1000, 1), "p50": part[len(part) // 2], "max": part[-1]})
         print(f"  from {tenths[-1]['from_ms']:7.1f} ms: p50 {tenths[-1]['p50']:6.1f}  max {tenths[-1]['max']:6.1f}")
-    print(json.dumps({"clients": a.clients, "concurrency": a.concurrency, "connect_ms": whole, "tenths": tenths}))
+    slowest = sorted(results, key=lambda r: r[1])[-max(1, len(results) // 100):]
+    parts = {"first_wave": split(results[:a.concurrency]), "slowest_1pct": split(slowest)}
+    for name, group in parts.items():
+        print(f"  {name.replace('_', ' ').replace('pct', ' %')}: started {group['started_ms'][0]:.0f} to "
+              f"{group['started_ms'][1]:.0f} ms; 101 after p50 {group['upgrade_ms']['p50']:.1f} "
+              f"(max {group['upgrade_ms']['max']:.1f}) ms, the reply p50 {group['reply_ms']['p50']:.1f} "
+              f"(max {group['reply_ms']['max']:.1f}) ms after that")
+    print(json.dumps({"clients": a.clients, "concurrency": a.concurrency, "connect_ms": whole, "tenths": tenths,
+                      **parts}))
+
+
+def split(part: list[tuple[float, float, float]]) -> dict[str, Any]:
+    """Where a group of connections spent its time: until the 101, then until the auth reply."""
+    upgrade = sorted(up for _, _, up in part)
+    reply = sorted(ms - up for _, ms, up in part)
+    return {"started_ms": [min(s for s, _, _ in part) * 1000, max(s for s, _, _ in part) * 1000],
+            "upgrade_ms": {"p50": percentile(upgrade, 0.5), "max": upgrade[-1]},
+            "reply_ms": {"p50": percentile(reply, 0.5), "max": reply[-1]}}
 
 
 if __name__ == "__main__":
