@@ -148,7 +148,7 @@ class Connection:
         self._phase = TASK
         self._host: HostSocket | None = None  # the server that runs the task (begin())
         self._timer: asyncio.TimerHandle | None = None  # the auth frame's deadline (AUTH)
-        self._cancel_wait: Callable[[], None] | None = None  # the attaches' wait (ATTACH)
+        self._cancel_wait: Callable[[], object] | None = None  # the attaches' wait (ATTACH)
         self._unread = False  # a message came during ATTACH: the task starts at once after it
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -237,9 +237,7 @@ class Connection:
         assert self._host is not None
         self._phase = TASK
         self._host.handler = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._end_deadline()
         if self._cancel_wait is not None:
             self._cancel_wait()
             self._cancel_wait = None
@@ -255,6 +253,11 @@ class Connection:
         self._timer = None
         if self._phase == AUTH:
             self._go(self._auth_timed_out)
+
+    def _end_deadline(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _auth_now(self, raw: str | bytes) -> bool:
         """Accept an auth frame as it is read; False leaves it to the task (refusals, recovery)."""
@@ -287,9 +290,7 @@ class Connection:
                 self._go(None)
 
         self._phase = ATTACH
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._end_deadline()
         if waits:
             self._cancel_wait = self.ctx.hub.when_attached(waits, attached)
         else:

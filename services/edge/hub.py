@@ -107,22 +107,27 @@ class Hub:
                     await fut
         self._waited(waits)
 
-    def when_attached(self, waits: list[Wait], callback: Callable[[], None]) -> Callable[[], None]:
+    def when_attached(self, waits: list[Wait], callback: Callable[[], None]) -> Callable[[], object]:
         """`wait_attached` without a task: `callback` runs once every attach is answered or the
         attach timeout has passed. Returns a function that cancels the wait (callback not run)."""
         left = len(waits)
         timer: asyncio.TimerHandle | None = None
 
-        def finish() -> None:
+        def stop() -> bool:
+            """End the wait (False: it had ended already, by the timeout or a cancel)."""
             nonlocal timer
             if timer is None:
-                return  # ended already (by the timeout, or cancelled)
+                return False
             timer.cancel()
             timer = None
             for _, fut in waits:
                 fut.cancel()  # the timeout's: no-op on an answered future
-            self._waited(waits)
-            callback()
+            return True
+
+        def finish() -> None:
+            if stop():
+                self._waited(waits)
+                callback()
 
         def answered(_: asyncio.Future[bool]) -> None:
             nonlocal left
@@ -130,18 +135,10 @@ class Hub:
             if not left:
                 finish()
 
-        def cancel() -> None:
-            nonlocal timer
-            if timer is not None:
-                timer.cancel()
-                timer = None
-                for _, fut in waits:
-                    fut.cancel()
-
         timer = asyncio.get_running_loop().call_later(self._attach_timeout_s, finish)
         for _, fut in waits:
             fut.add_done_callback(answered)
-        return cancel
+        return stop
 
     def _waited(self, waits: list[Wait]) -> None:
         for state, fut in waits:
