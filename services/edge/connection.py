@@ -104,6 +104,8 @@ def warm_up(algorithm: str) -> None:
 # How a connection runs: waiting for its auth frame, then for its channels' attaches, then
 # live with no task (IDLE); or on a task of its own (TASK: from the start under `serve`).
 AUTH, ATTACH, IDLE, TASK = range(4)
+# A heartbeat frame longer than this is left to the connection's task (TripSage's is about 40).
+BEAT_MAX_CHARS = 512
 
 
 class _Refused(Exception):
@@ -223,8 +225,31 @@ class Connection:
         elif self._phase == ATTACH:
             self._unread = True
         elif self._phase == IDLE:
+            if self._beat_now(message):
+                return True
             self._go(None)
         return False
+
+    def _beat_now(self, raw: str | bytes) -> bool:
+        """Answer a heartbeat read while idle, as `_handle` would: a client that listens and
+        beats (the TypeScript client, every 20 s) keeps no task. False leaves the message to a
+        task: anything else, or a heartbeat over the rate limit (refused there)."""
+        if not isinstance(raw, str) or len(raw) > min(BEAT_MAX_CHARS, self.ctx.settings.max_frame_bytes):
+            return False
+        if "heartbeat" not in raw and "ping" not in raw:  # most messages are decoded once, by the task
+            return False
+        try:
+            frame = wire.parse_frame(wire.load_json_object(raw))
+        except wire.ProtocolError:
+            return False
+        if not isinstance(frame, wire.HeartbeatFrame) or not self._bucket.take():
+            return False
+        self._refused = 0
+        m = self.ctx.metrics
+        m.bytes_in.inc(len(raw))
+        m.messages_in.labels(frame.type).inc()
+        self._heartbeat()
+        return True
 
     def on_disconnect(self) -> None:
         if self._phase == AUTH:
@@ -484,8 +509,7 @@ class Connection:
             case wire.SubscribeFrame():
                 await self._on_subscribe(frame)
             case wire.HeartbeatFrame():
-                self._push_event("connection_heartbeat", {
-                    "connection_id": self.connection_id, "timestamp": wire.now_iso()})
+                self._heartbeat()
             case wire.BatchFrame():
                 if nested:
                     raise wire.ProtocolError("a batch cannot contain a batch")
@@ -503,6 +527,9 @@ class Connection:
                 await self._recover(frame.channels)
             case wire.PresenceFrame():
                 await self._presence_query(frame)
+
+    def _heartbeat(self) -> None:
+        self._push_event("connection_heartbeat", {"connection_id": self.connection_id, "timestamp": wire.now_iso()})
 
     def _rate_limit(self) -> None:
         """Refuse a message over the allowance with an error event; a client that keeps sending

@@ -443,6 +443,47 @@ async def test_idle_connections_hold_no_task_and_still_get_every_event(
     await eventually(let_go, tu)
 
 
+async def test_heartbeats_are_answered_without_a_task_and_still_rate_limited(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    """A client that listens and sends heartbeats (the TypeScript client's idle traffic) keeps
+    no task: every beat is answered and counted. A beat over the rate limit is refused as any
+    message is, and a chat message still reaches the session."""
+    edge = await make_edge(client_rate_per_s=0.01, client_burst=4)
+    await authenticated(edge, sid, tu, raws)
+    before = len(asyncio.all_tasks())
+    beaters = [await authenticated(edge, sid, tu, raws) for _ in range(10)]
+    for _ in range(3):
+        for raw in beaters:
+            raw.send(masked(0x1, b'{"type": "heartbeat", "payload": {}}'))
+        for raw in beaters:
+            while (beat := json.loads(await raw.until(0x1)))["type"] != "connection_heartbeat":
+                assert beat["type"] in ("connection_established", "presence")
+            assert beat["payload"]["timestamp"]
+    assert len(asyncio.all_tasks()) - before < 5  # one task per connection would be 10 more
+    assert (await metric(edge, 'edge_frames_in_total{type="heartbeat"}')) == 30
+
+    flooder = beaters[0]
+    flooder.send(masked(0x1, b'{"type": "ping"}') * 2)  # the burst of 4 is spent after these
+    flooder.send(masked(0x1, b'{"type": "heartbeat"}'))
+    got = [json.loads(await flooder.until(0x1)) for _ in range(2)]
+    assert [g["type"] for g in got] == ["connection_heartbeat", "error"]
+    assert got[1]["payload"]["code"] == "rate_limited"
+
+    beaters[1].send(masked(0x1, b'{"type": "chat_message", "payload": {"content": "still here"}}'))
+    while (ev := json.loads(await beaters[2].until(0x1)))["type"] != "chat_message":
+        pass
+    assert ev["payload"]["content"] == "still here"
+
+
+async def metric(edge: Edge, sample: str) -> float:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://127.0.0.1:{edge.port}/metrics", timeout=5.0)
+    for line in r.text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{sample} not in /metrics")
+
+
 async def test_a_message_sent_behind_the_auth_frame_is_handled_after_the_reply(
         make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
     """A client need not wait for the reply: what it sends right behind the auth frame (here in
