@@ -44,6 +44,7 @@ from services.edge.wsproto import (
     Disconnected,
     FrameWriter,
     HostSocket,
+    Released,
     payload_of,
     text_frame,
 )
@@ -152,6 +153,7 @@ class Connection:
         self._timer: asyncio.TimerHandle | None = None  # the auth frame's deadline (AUTH)
         self._cancel_wait: Callable[[], object] | None = None  # the attaches' wait (ATTACH)
         self._unread = False  # a message came during ATTACH: the task starts at once after it
+        self._reading = False  # the task waits in _read_loop for a message (it may be let go)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -161,17 +163,19 @@ class Connection:
         self.ctx.metrics.accepted[self.kind].inc()
         await self._serve(self._authenticate)
 
-    async def _serve(self, authenticate: Callable[[], Awaitable[None]] | None) -> None:
-        """Authenticate (unless done already), read until the end, then tear down."""
+    async def _serve(self, authenticate: Callable[[], Awaitable[None]] | None) -> bool:
+        """Authenticate (unless done already), read until the end, then tear down. True: the
+        task was let go while the connection lives on without it (`_rest`)."""
         code = CloseCode.NORMAL
         self._main = asyncio.current_task()
+        released = False
         try:
             if authenticate is not None:
                 await authenticate()
                 self._went_live()
             structlog.contextvars.bind_contextvars(connection_id=self.connection_id)
             if self._closing is None:
-                await self._read_loop()
+                released = await self._read_loop()
             code = self._closing or CloseCode.NORMAL
         except asyncio.CancelledError:
             if not self._stopping:
@@ -187,9 +191,11 @@ class Connection:
             log.exception("session_failed")
             code = CloseCode.INTERNAL_ERROR
         finally:
-            self._main = None  # nothing stops the teardown
-            self._live = False
-            await self._teardown(code)
+            if not released:
+                self._main = None  # nothing stops the teardown
+                self._live = False
+                await self._teardown(code)
+        return released
 
     def _went_live(self) -> None:
         m = self.ctx.metrics
@@ -207,6 +213,7 @@ class Connection:
         self.ctx.metrics.accepted[self.kind].inc()
         self._host, self._phase = host, AUTH
         host.handler = self
+        host.on_ping = self._rest
         self._timer = asyncio.get_running_loop().call_later(self.ctx.settings.auth_timeout_s,
                                                             self._auth_deadline)
 
@@ -268,11 +275,29 @@ class Connection:
             self._cancel_wait = None
         self._host.spawn(self._serve_spawned(authenticate))
 
-    async def _serve_spawned(self, authenticate: Callable[[], Awaitable[None]] | None) -> None:
+    async def _serve_spawned(self, authenticate: Callable[[], Awaitable[None]] | None) -> bool:
+        released = False
         try:
-            await self._serve(authenticate)
+            released = await self._serve(authenticate)
         finally:
-            self.ctx.sockets -= 1
+            if not released:
+                self.ctx.sockets -= 1
+        return released
+
+    def _rest(self) -> None:
+        """At a keepalive ping (HostSocket.on_ping): a connection whose task waits for a message
+        lets the task go and waits without one again, as before its first message, so a client
+        that spoke once (a chat user) does not keep a task for good. A busy connection is not
+        slowed: this happens at most once per ping interval."""
+        host = self._host
+        if (self._phase != TASK or host is None or not self._reading or self._stopping
+                or self._closing is not None or self._recovering):
+            return
+        if host.release_reader():  # the task ends at its next step, with nothing else to do
+            self._reading = False
+            self._main = None
+            self._phase = IDLE
+            host.handler = self
 
     def _auth_deadline(self) -> None:
         self._timer = None
@@ -476,12 +501,17 @@ class Connection:
 
     # ---- reading ---------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self) -> bool:
+        """Handle messages until the socket is closed (False) or `_rest` lets the task go (True)."""
         while True:
+            self._reading = True
             try:
                 text = await self.ws.receive()
             except Disconnected:
-                return
+                return False
+            except Released:
+                return True  # _rest has moved the connection on (a new task may be running)
+            self._reading = False
             if isinstance(text, bytes):
                 self.ctx.metrics.bytes_in.inc(len(text))
                 self._error("binary frames are not supported; send JSON text", "unsupported_data")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 
@@ -154,12 +154,22 @@ class MessageHandler(Protocol):
         """The socket is closed (by the peer, by us, or lost)."""
 
 
+class Released(Exception):
+    """Raised by `receive()` in a task that `HostSocket.release_reader` let go."""
+
+
 class HostSocket(ClientSocket, Protocol):
     """A ClientSocket whose server calls a handler as it reads, and runs tasks for it: a
     connection can then go without a task of its own until it needs one (the edge's server)."""
 
     handler: MessageHandler | None
+    on_ping: Callable[[], None] | None  # called after each keepalive ping the socket sends
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, bool | None]) -> None:
         """Run `coro` as this socket's task (the server waits for it on shutdown); the socket
-        is dropped when it ends without a close frame out."""
+        is dropped when it ends without a close frame out, unless it returns True (the task was
+        let go by `release_reader` and the connection lives on without it)."""
+
+    def release_reader(self) -> bool:
+        """End a task's wait in `receive()` with `Released`: True when a task was waiting, with
+        nothing unread, on a socket not closed (messages then go to `handler` again)."""

@@ -27,7 +27,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
@@ -39,7 +39,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from services.common.close_codes import CloseCode
 from services.edge.connection import Kind, begin
 from services.edge.context import EdgeContext
-from services.edge.wsproto import Disconnected, FrameWriter, MessageHandler, text_frame
+from services.edge.wsproto import Disconnected, FrameWriter, MessageHandler, Released, text_frame
 
 log = structlog.get_logger("switchboard.edge")
 
@@ -90,7 +90,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
 
     __slots__ = ("_app_state", "_buf", "_close_code", "_config", "_drain", "_frag",
                  "_frag_size", "_frag_text", "_inbox", "_pong_due", "_read_paused", "_server_state",
-                 "_state", "_timer", "_waiter", "_write_paused", "handler", "transport")
+                 "_state", "_timer", "_waiter", "_write_paused", "handler", "on_ping", "transport")
     transport: asyncio.Transport
 
     def __init__(self, config: Config, server_state: Any, app_state: dict[str, Any],
@@ -112,6 +112,7 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self.handler: MessageHandler | None = None  # the connection, while it has no task
+        self.on_ping: Callable[[], None] | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------------
 
@@ -219,19 +220,28 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
 
     # ---- HostSocket ------------------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, bool | None]) -> None:
         task = asyncio.get_running_loop().create_task(self._run(coro))
         tasks: set[asyncio.Task[None]] = self._server_state.tasks  # uvicorn waits for them on shutdown
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+    def release_reader(self) -> bool:
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._inbox or self._close_code is not None:
+            return False
+        self._waiter = None
+        waiter.set_exception(Released())
+        return True
+
+    async def _run(self, coro: Coroutine[Any, Any, bool | None]) -> None:
+        released = False
         try:
-            await coro
+            released = bool(await coro)
         except Exception:  # top of the connection's task: log, and drop the socket below
             log.exception("socket_failed")
         finally:
-            if self._state < CLOSING:  # ended without a close frame out
+            if not released and self._state < CLOSING:  # ended without a close frame out
                 self.transport.abort()
 
     # ---- ClientSocket ----------------------------------------------------------------------
@@ -465,6 +475,8 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         self._pong_due = True
         self.transport.write(PING)
         self._set_timer(self._pong_timeout(), self._pong_check)
+        if self.on_ping is not None:
+            self.on_ping()
 
     def _pong_timeout(self) -> float:
         return float(self._config.ws_ping_timeout or self._config.ws_ping_interval or 0)

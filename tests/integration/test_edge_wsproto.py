@@ -475,6 +475,75 @@ async def test_heartbeats_are_answered_without_a_task_and_still_rate_limited(
     assert ev["payload"]["content"] == "still here"
 
 
+class Pinged:
+    """Reads a raw client's frames in the background, answering every ping as a browser does."""
+
+    def __init__(self, raw: Raw) -> None:
+        self.raw = raw
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            op, _, payload = await self.raw.frame()
+            if op == 0x9:
+                self.raw.send(masked(0xA, payload))
+            elif op == 0x1:
+                self.events.put_nowait(json.loads(payload))
+            elif op == 0x8:
+                return
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def chat(self, content: str) -> None:
+        """Wait for a chat_message with this content (earlier events are passed over)."""
+        async with asyncio.timeout(10 * self.raw.tu):
+            while True:
+                ev = await self.events.get()
+                if ev["type"] == "chat_message" and ev["payload"]["content"] == content:
+                    return
+
+
+async def test_a_connection_that_spoke_lets_its_task_go_at_a_keepalive_ping(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    """A chat user's connection gets a task with its first message; a keepalive ping that finds
+    the task waiting lets it go, and the connection goes on as before: it gets events, speaks
+    again (a task again, let go again) and closes cleanly."""
+    edge = await make_edge(ping_interval_s=0.3 * tu)
+    listener = Pinged(await authenticated(edge, sid, tu, raws))
+    speaker = Pinged(await authenticated(edge, sid, tu, raws))
+    before = len(asyncio.all_tasks())
+
+    async def rested() -> bool:
+        return len(asyncio.all_tasks()) <= before
+
+    chat = b'{"type": "chat_message", "payload": {"content": "%s"}}'
+    speaker.raw.send(masked(0x1, chat % b"one"))
+    await listener.chat("one")
+    await speaker.chat("one")
+    await eventually(rested, tu)  # one task per connection that spoke would never leave
+
+    listener.raw.send(masked(0x1, chat % b"two"))
+    await speaker.chat("two")
+    speaker.raw.send(masked(0x1, chat % b"three"))
+    await listener.chat("three")
+    await eventually(rested, tu)
+
+    await speaker.stop()
+    speaker.raw.send(masked(0x8, struct.pack("!H", 1000)))
+    assert await speaker.raw.close_code() == 1000
+
+    async def let_go() -> bool:
+        s = await stats(edge)
+        return bool(s["active_connections"] == 1 and s["connections_by_status"]["authenticating"] == 0)
+
+    await eventually(let_go, tu)
+    await listener.stop()
+
+
 async def metric(edge: Edge, sample: str) -> float:
     async with httpx.AsyncClient() as http:
         r = await http.get(f"http://127.0.0.1:{edge.port}/metrics", timeout=5.0)
