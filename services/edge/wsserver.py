@@ -270,7 +270,8 @@ class EdgeWebSocketProtocol(FrameWriter, asyncio.Protocol):
         try:
             return await waiter
         finally:
-            self._waiter = None
+            if self._waiter is waiter:  # release_reader may have cleared it (and a new task set its own)
+                self._waiter = None
 
     async def send_text(self, text: str) -> None:
         await self.wait_writable()
