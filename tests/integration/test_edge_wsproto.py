@@ -457,7 +457,7 @@ async def test_heartbeats_are_answered_without_a_task_and_still_rate_limited(
             raw.send(masked(0x1, b'{"type": "heartbeat", "payload": {}}'))
         for raw in beaters:
             while (beat := json.loads(await raw.until(0x1)))["type"] != "connection_heartbeat":
-                assert beat["type"] in ("connection_established", "presence")
+                assert beat["type"] in ("connection_established", "presence_join")
             assert beat["payload"]["timestamp"]
     assert len(asyncio.all_tasks()) - before < 5  # one task per connection would be 10 more
     assert (await metric(edge, 'edge_frames_in_total{type="heartbeat"}')) == 30
