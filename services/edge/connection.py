@@ -243,15 +243,14 @@ class Connection:
         task: anything else, or a heartbeat over the rate limit (refused there)."""
         if not isinstance(raw, str) or len(raw) > min(BEAT_MAX_CHARS, self.ctx.settings.max_frame_bytes):
             return False
-        if "heartbeat" not in raw and "ping" not in raw:  # most messages are decoded once, by the task
+        if '"heartbeat"' not in raw and '"ping"' not in raw:  # other messages are decoded once, by the task
             return False
         try:
             frame = wire.parse_frame(wire.load_json_object(raw))
         except wire.ProtocolError:
             return False
-        if not isinstance(frame, wire.HeartbeatFrame) or not self._bucket.take():
+        if not isinstance(frame, wire.HeartbeatFrame) or not self._allowed():
             return False
-        self._refused = 0
         m = self.ctx.metrics
         m.bytes_in.inc(len(raw))
         m.messages_in.labels(frame.type).inc()
@@ -561,11 +560,17 @@ class Connection:
     def _heartbeat(self) -> None:
         self._push_event("connection_heartbeat", {"connection_id": self.connection_id, "timestamp": wire.now_iso()})
 
+    def _allowed(self) -> bool:
+        """Take one message's allowance (a streak of refusals ends); False when none is left."""
+        if not self._bucket.take():
+            return False
+        self._refused = 0
+        return True
+
     def _rate_limit(self) -> None:
         """Refuse a message over the allowance with an error event; a client that keeps sending
         through a whole burst's worth of refusals is closed with 4029 (it reconnects later)."""
-        if self._bucket.take():
-            self._refused = 0
+        if self._allowed():
             return
         self._refused += 1
         self.ctx.metrics.rate_limited.inc()
