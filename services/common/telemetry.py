@@ -57,9 +57,10 @@ class LoopHistogram:
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value: float, n: int = 1) -> None:
+        """`n` observations of `value` (the frames of one fan-out, written together)."""
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.sum += value * n
 
     def time(self) -> _Timer:
         """`with h.time():` observes the block's duration in seconds."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, NoReturn
@@ -37,7 +36,7 @@ from services.edge.errors import EdgeError
 from services.edge.hub import ChannelState, Wait
 from services.edge.presence import tracked
 from services.edge.ratelimit import TokenBucket
-from services.edge.sendqueue import SendQueue
+from services.edge.sendqueue import SendQueue, lane_of
 from services.edge.wsproto import (
     CORK,
     ClientSocket,
@@ -823,7 +822,7 @@ class Connection:
             while r.page:
                 for ev in r.page:
                     await self.queue.wait_room()
-                    self._deliver(text_frame(ev.frame), ev.priority, r.channel, ev.offset)
+                    self._replay_one(text_frame(ev.frame), ev.priority, r.channel, ev.offset)
                 since = r.next_read()
                 if since is None:
                     break
@@ -833,47 +832,56 @@ class Connection:
         finally:
             held = self._recovering.pop(r.channel, [])
             for frame, priority, offset in held:
-                self._deliver(frame, priority, r.channel, offset)
+                self._replay_one(frame, priority, r.channel, offset)
+
+    def _replay_one(self, frame: bytes, priority: int, channel: str, offset: int) -> None:
+        if self._deliver(frame, priority, channel, offset):
+            self._count_out(frame, lane_of(priority, offset), 0.0)
 
     # ---- writing ---------------------------------------------------------------------------
 
     def push(self, frame: bytes, priority: int, channel: str, offset: int,
              accepted: float = 0.0) -> None:
+        """Send or queue a prepared frame of this connection's own (a reply, an event), counted."""
+        if self.offer(frame, priority, channel, offset, accepted):
+            self.ctx.metrics.written(lane_of(priority, offset), len(frame), 1, accepted)
+
+    def offer(self, frame: bytes, priority: int, channel: str, offset: int,
+              accepted: float = 0.0) -> bool:
         """Send or queue a prepared frame (Subscriber protocol). Drops what this client already
-        has; a full queue closes the connection with 4008."""
+        has; a full queue closes the connection with 4008. True: written to the socket now and
+        not counted yet (the hub counts a fan-out's frames at once); queued frames are counted
+        by the writer."""
         if offset and channel in self._recovering:
             held = self._recovering[channel]
             if len(held) >= self.queue.max_items:
                 self._overflow()
-                return
+                return False
             held.append((frame, priority, offset))
-            return
-        self._deliver(frame, priority, channel, offset, accepted)
+            return False
+        return self._deliver(frame, priority, channel, offset, accepted)
 
     def _deliver(self, frame: bytes, priority: int, channel: str, offset: int,
-                 accepted: float = 0.0) -> None:
+                 accepted: float = 0.0) -> bool:
+        """True: written now, not counted (the caller counts it)."""
         if offset:
             if offset <= self.offsets.get(channel, 0):
-                return
+                return False
             self.offsets[channel] = offset
         # Nothing queued and the socket takes data: write now, in this loop iteration, with no
         # task switch. Otherwise queue it (lanes, bound, 4008) for the writer task.
         frames = self._frames
         if self._direct and frames is not None and not self.queue.size and frames.writable:
-            frames.write((frame,))
-            self._count_out(frame, 1 if offset else (0 if priority <= 1 else 2), accepted)
-            return
+            frames.write_one(frame)
+            return True
         if not self.queue.push(frame, priority, durable=offset > 0, accepted=accepted):
             self._overflow()
         else:
             self._start_writer()
+        return False
 
     def _count_out(self, frame: bytes, lane: int, accepted: float) -> None:
-        m = self.ctx.metrics
-        m.frames_out[lane] += 1
-        m.bytes_out[lane] += len(frame)
-        if accepted:  # a live delivery: publish accepted -> written to this socket
-            m.delivery_latency.observe(time.time() - accepted)
+        self.ctx.metrics.written(lane, len(frame), 1, accepted)
 
     def _overflow(self) -> None:
         if self._closing is None:

@@ -33,6 +33,7 @@ from services.edge.domain import Delivery
 from services.edge.history_reader import HistoryReader
 from services.edge.metrics import EdgeMetrics
 from services.edge.routing_client import RouterPool
+from services.edge.sendqueue import lane_of
 from services.edge.wsproto import text_frame
 
 log = structlog.get_logger("switchboard.edge")
@@ -40,11 +41,12 @@ REPAIR_PAGE = 500
 
 
 class Subscriber(Protocol):
-    def push(self, frame: bytes, priority: int, channel: str, offset: int,
-             accepted: float = 0.0) -> None:
+    def offer(self, frame: bytes, priority: int, channel: str, offset: int,
+              accepted: float = 0.0) -> bool:
         """Send or queue a prepared WebSocket frame (wsproto.text_frame); must not block
-        (overflow closes the subscriber). `accepted` is when
-        its publish was accepted (unix seconds; 0 for repairs), for the delivery latency."""
+        (overflow closes the subscriber). `accepted` is when its publish was accepted (unix
+        seconds; 0 for repairs), for the delivery latency. True: the frame was written to the
+        socket in this call and the hub counts it (EdgeMetrics.written, once per fan-out)."""
         ...
 
 
@@ -227,8 +229,12 @@ class Hub:
 
     def _fan_out(self, state: ChannelState, d: Delivery) -> None:
         frame = text_frame(d.frame)  # the WebSocket frame, built once for every subscriber
+        written = 0
         for sub in list(state.subscribers):
-            sub.push(frame, d.priority, d.channel, d.offset, d.accepted)
+            if sub.offer(frame, d.priority, d.channel, d.offset, d.accepted):
+                written += 1
+        if written:  # counted once: the same frame, lane and latency for every one of them
+            self._m.written(lane_of(d.priority, d.offset), len(frame), written, d.accepted)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

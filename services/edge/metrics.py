@@ -9,6 +9,7 @@ every update, which would cost more than the write itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterator, Sized
 from typing import Protocol
 
@@ -86,6 +87,14 @@ class EdgeMetrics:
 
     def connected(self, current: int) -> None:
         self.peak = max(self.peak, current)
+
+    def written(self, lane: int, size: int, n: int = 1, accepted: float = 0.0) -> None:
+        """`n` frames of `size` bytes written to clients in one lane; `accepted`: when the
+        publish of a live delivery was accepted (unix seconds), for the delivery latency."""
+        self.frames_out[lane] += n
+        self.bytes_out[lane] += size * n
+        if accepted:
+            self.delivery_latency.observe(time.time() - accepted, n)
 
     def watch(self, connections: Collection[Connection], routers_connected: Callable[[], int]) -> None:
         """Register the gauges computed at scrape time over the open connections."""

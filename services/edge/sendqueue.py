@@ -22,6 +22,12 @@ from typing import Generic, TypeVar
 F = TypeVar("F")  # a frame: prepared WebSocket frame bytes at the edge, anything in tests
 
 
+def lane_of(priority: int, offset: int) -> int:
+    """A frame's lane: 1 when it is durable (has an offset), 0 for control (priority <= 1),
+    2 for the rest."""
+    return 1 if offset else (0 if priority <= 1 else 2)
+
+
 class SendQueue(Generic[F]):
     # Lanes and the room event are made on first use: most connections never queue anything
     # (frames go straight to the socket), and an empty deque or Event costs about 600 bytes.
@@ -40,7 +46,7 @@ class SendQueue(Generic[F]):
         return self.size  # frames queued (read `size` on hot paths: no call)
 
     def push(self, frame: F, priority: int, durable: bool, accepted: float = 0.0) -> bool:
-        lane = 1 if durable else (0 if priority <= 1 else 2)
+        lane = lane_of(priority, durable)
         if self.size >= self.max_items:
             shed = self._lanes[2]
             if not shed:

@@ -83,6 +83,18 @@ class FrameWriter(abc.ABC):
             return
         self.write_now(frames)
 
+    def write_one(self, frame: bytes) -> None:
+        """`write((frame,))` without the tuple and the call: the fan-out's path, per subscriber."""
+        held = CORK.held
+        if held is None:
+            self.transport.write(frame)
+            return
+        mine = held.get(self)
+        if mine is None:
+            held[self] = [frame]
+        else:
+            mine.append(frame)
+
     def write_now(self, frames: Sequence[bytes]) -> None:
         if len(frames) == 1:
             self.transport.write(frames[0])

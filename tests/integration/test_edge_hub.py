@@ -93,12 +93,13 @@ class RecordingSubscriber:
     pushed: list[tuple[str, int, str, int]] = field(default_factory=list)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def push(self, frame: bytes, priority: int, channel: str, offset: int,
-             accepted: float = 0.0) -> None:
+    def offer(self, frame: bytes, priority: int, channel: str, offset: int,
+              accepted: float = 0.0) -> bool:
         payload = payload_of(frame)
         assert text_frame(payload) == frame, "not one prepared text frame"
         self.pushed.append((payload.decode(), priority, channel, offset))
         self._grew.set()
+        return False  # not written to a socket: nothing for the hub to count
 
     @property
     def offsets(self) -> list[int]:

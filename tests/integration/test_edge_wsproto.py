@@ -557,6 +557,34 @@ async def metric(edge: Edge, sample: str) -> float:
     raise AssertionError(f"{sample} not in /metrics")
 
 
+async def test_every_frame_a_fan_out_writes_is_counted_with_its_bytes_and_latency(
+        make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
+    """The hub counts the frames one delivery writes to its subscribers at once: the frames,
+    bytes and delivery latencies on /metrics are still one per frame a client received."""
+    edge = await make_edge()
+    clients = [await authenticated(edge, sid, tu, raws) for _ in range(6)]
+    durable = 'edge_frames_out_total{lane="durable"}'
+    sent = 'edge_bytes_out_total{lane="durable"}'
+    latencies = "edge_delivery_latency_seconds_count"
+    before = [await metric(edge, name) for name in (durable, sent, latencies)]
+    chat = b'{"type": "chat_message", "payload": {"content": "%d"}}'
+    for i in range(3):
+        clients[i].send(masked(0x1, chat % i))
+    received, size = 0, 0
+    for raw in clients:
+        got: set[str] = set()
+        while len(got) < 3:
+            op, _, payload = await raw.frame()
+            ev = json.loads(payload) if op == 0x1 else {}
+            if ev.get("type") == "chat_message":
+                got.add(ev["payload"]["content"])
+                received += 1
+                size += len(payload) + (2 if len(payload) < 126 else 4)  # the frame's header
+    after = [await metric(edge, name) for name in (durable, sent, latencies)]
+    assert received == 18
+    assert [a - b for a, b in zip(after, before, strict=True)] == [18, size, 18]
+
+
 async def test_a_message_sent_behind_the_auth_frame_is_handled_after_the_reply(
         make_edge: MakeEdge, sid: str, tu: float, raws: list[Raw]) -> None:
     """A client need not wait for the reply: what it sends right behind the auth frame (here in
