@@ -844,7 +844,7 @@ class Connection:
              accepted: float = 0.0) -> None:
         """Send or queue a prepared frame of this connection's own (a reply, an event), counted."""
         if self.offer(frame, priority, channel, offset, accepted):
-            self.ctx.metrics.written(lane_of(priority, offset), len(frame), 1, accepted)
+            self._count_out(frame, lane_of(priority, offset), accepted)
 
     def offer(self, frame: bytes, priority: int, channel: str, offset: int,
               accepted: float = 0.0) -> bool:
