@@ -44,8 +44,42 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
-def cpu_snapshot(procs: list[ServerProcess]) -> dict[str, float]:
-    return {p.name: cpu_seconds(p.pid) or 0.0 for p in procs}
+def machine_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine since boot, every CPU and every process (the
+    load generator's too), from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    ticks = [int(x) for x in fields[1:9]]
+    total = sum(ticks)
+    return total - ticks[3] - ticks[4], total
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds used so far by each server process, and the machine's ticks."""
+
+    processes: dict[str, float]
+    machine: tuple[int, int] | None
+
+
+def cpu_snapshot(procs: list[ServerProcess]) -> CpuSnapshot:
+    return CpuSnapshot({p.name: cpu_seconds(p.pid) or 0.0 for p in procs}, machine_ticks())
+
+
+def machine_busy_pct(before: CpuSnapshot, after: CpuSnapshot) -> float | None:
+    """How busy the whole machine was between two snapshots, in % of all its CPUs."""
+    if before.machine is None or after.machine is None:
+        return None
+    total = after.machine[1] - before.machine[1]
+    if total <= 0:
+        return None
+    return round(100 * (after.machine[0] - before.machine[0]) / total, 1)
 
 
 def rss_snapshot(procs: list[ServerProcess]) -> dict[str, int]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 Result = dict[str, Any]
+# A step or wave measured while the whole machine was at least this busy waited for cores: its
+# latency is the machine's as much as the cluster's (the load generator shares the CPUs).
+BUSY_PCT = 90.0
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -25,13 +28,26 @@ def steps_table(steps: list[Result]) -> str:
         lat, srv = s["latency_ms"], s["servers"]
         rows.append([s["k"], s["rate"], s["sent"], s["deliveries_per_s"], lat["p50"], lat["p99"], lat["max"],
                      s["loss"], s["duplicates"], s["out_of_order"] + s["offset_out_of_order"],
-                     srv["cpu_s"], srv["cpu_us_per_delivery"], "OK" if s["sustained"] else "FAIL"])
+                     srv["cpu_s"], srv["cpu_us_per_delivery"], srv.get("machine_busy_pct"),
+                     "OK" if s["sustained"] else "FAIL"])
     return table(["step", "rate/s", "sent", "deliv/s", "p50 ms", "p99 ms", "max ms", "loss", "dup", "ooo",
-                  "srv CPU s", "µs/deliv", "result"], rows)
+                  "srv CPU s", "µs/deliv", "machine %", "result"], rows)
+
+
+def busy_note(windows: list[Result], what: str) -> str | None:
+    """A warning naming the steps (or waves) measured on a machine with no CPU to spare."""
+    busy = [str(w["k"]) for w in windows if (w["servers"].get("machine_busy_pct") or 0) >= BUSY_PCT]
+    if not busy:
+        return None
+    return (f"the machine was at least {BUSY_PCT:.0f} % busy (all its CPUs, the load generator included) "
+            f"in {what} {', '.join(busy)}: latency there includes waiting for a core")
 
 
 def processes_table(servers: Result, title: str) -> str:
     rows = [[p["name"], p["pid"], p["cpu_s"], p["cpu_pct"], _mib(p["rss_kb"])] for p in servers["processes"]]
+    busy = servers.get("machine_busy_pct")
+    if busy is not None:
+        title = f"{title.removesuffix(':')} (machine {busy} % busy):"
     return f"{title}\n" + table(["process", "pid", "CPU s", "CPU %", "RSS MiB"], rows)
 
 
@@ -45,6 +61,9 @@ def render(result: Result) -> str:
     if scenario in ("fanout", "stream"):
         steps = result["steps"]
         out.append(steps_table(steps))
+        note = busy_note(steps, "step")
+        if note:
+            out.append(note)
         if steps:
             out.append(processes_table(steps[-1]["servers"], f"server processes during step {steps[-1]['k']}:"))
         if scenario == "fanout":
@@ -61,9 +80,13 @@ def render(result: Result) -> str:
     elif scenario == "storm":
         rows = [[w["k"], w["attempted"], w["established"], w["failed"], w["connects_per_s"],
                  w["connect_ms"]["p50"], w["connect_ms"]["p99"], w["connect_ms"]["max"],
-                 w["servers"]["cpu_s"], "OK" if w["sustained"] else "FAIL"] for w in result["waves"]]
+                 w["servers"]["cpu_s"], w["servers"].get("machine_busy_pct"),
+                 "OK" if w["sustained"] else "FAIL"] for w in result["waves"]]
         out.append(table(["wave", "tried", "ok", "failed", "conn/s", "p50 ms", "p99 ms", "max ms",
-                          "srv CPU s", "result"], rows))
+                          "srv CPU s", "machine %", "result"], rows))
+        note = busy_note(result["waves"], "wave")
+        if note:
+            out.append(note)
         out.append(f"highest sustained connect+auth rate: {result['highest_sustained']} /s")
     edges = [e for e in result.get("edges_stats", []) if "error" not in e]
     if edges:

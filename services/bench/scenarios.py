@@ -23,7 +23,7 @@ from typing import Any
 
 from services.bench.histogram import Histogram
 from services.bench.options import BenchOptions
-from services.bench.procstats import ServerProcess, cpu_snapshot, rss_snapshot
+from services.bench.procstats import CpuSnapshot, ServerProcess, cpu_snapshot, machine_busy_pct, rss_snapshot
 from services.bench.protocol import (
     ClientSpec,
     Connect,
@@ -145,19 +145,21 @@ class Run:
                 "connections_dropped": sum(s.drops_total for s in st),
                 "server_events": merge_counts(s.events_total for s in st)}
 
-    def servers(self, cpu0: dict[str, float], cpu1: dict[str, float], window_s: float,
+    def servers(self, cpu0: CpuSnapshot, cpu1: CpuSnapshot, window_s: float,
                 deliveries: int | None) -> Result:
-        """CPU (seconds, % of one core) over the window and RSS now, per server process."""
+        """CPU (seconds, % of one core) over the window and RSS now, per server process; and how
+        busy the whole machine was (its load generator included)."""
         rss = rss_snapshot(self.t.processes)
         rows: list[Result] = []
         for p in self.t.processes:
-            used = cpu1.get(p.name, 0.0) - cpu0.get(p.name, 0.0)
+            used = cpu1.processes.get(p.name, 0.0) - cpu0.processes.get(p.name, 0.0)
             rows.append({"name": p.name, "tier": p.tier, "pid": p.pid, "cpu_s": round(used, 3),
                          "cpu_pct": round(100 * used / window_s, 1) if window_s > 0 else None,
                          "rss_kb": rss[p.name]})
         total = sum(float(r["cpu_s"]) for r in rows)
         return {"processes": rows, "cpu_s": round(total, 3),
-                "cpu_us_per_delivery": round(1e6 * total / deliveries, 2) if deliveries else None}
+                "cpu_us_per_delivery": round(1e6 * total / deliveries, 2) if deliveries else None,
+                "machine_busy_pct": machine_busy_pct(cpu0, cpu1)}
 
     # ---- fanout ------------------------------------------------------------------------------
 
@@ -421,7 +423,8 @@ def step_line(s: Result) -> str:
     return (f"step {s['k']} rate {s['rate']}/s: sent {s['sent']}, {s['deliveries_per_s']} deliveries/s, "
             f"p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms, loss {s['loss']}, "
             f"dup {s['duplicates']}, ooo {s['out_of_order']}{acks}, server CPU {s['servers']['cpu_s']} s "
-            f"({s['servers']['cpu_us_per_delivery']} µs/delivery) "
+            f"({s['servers']['cpu_us_per_delivery']} µs/delivery), machine "
+            f"{s['servers']['machine_busy_pct']} % busy "
             f"{'OK' if s['sustained'] else 'FAIL ' + '; '.join(s['fail_reasons'])}")
 
 

@@ -7,6 +7,8 @@ import random
 import pytest
 
 from services.bench.histogram import Histogram, bucket_of, bucket_upper_us
+from services.bench.procstats import CpuSnapshot, machine_busy_pct
+from services.bench.report import busy_note
 from services.bench.scenarios import Plan
 
 
@@ -45,3 +47,16 @@ def test_every_session_spans_the_edges_and_publishers_are_spread_over_them() -> 
 def test_a_plan_refuses_more_publishers_than_members() -> None:
     with pytest.raises(ValueError):
         Plan(clients=8, rooms=4, edges=2, publishers=12, workers=1)
+
+
+def test_the_machine_busy_share_is_of_all_cpus_between_two_snapshots_and_flags_saturated_steps() -> None:
+    before = CpuSnapshot({}, (1_000, 10_000))
+    assert machine_busy_pct(before, CpuSnapshot({}, (1_950, 11_000))) == 95.0
+    assert machine_busy_pct(before, CpuSnapshot({}, (1_300, 11_000))) == 30.0
+    assert machine_busy_pct(before, CpuSnapshot({}, None)) is None  # no /proc/stat
+    assert machine_busy_pct(before, before) is None  # no time passed
+    steps = [{"k": 1, "servers": {"machine_busy_pct": 30.0}}, {"k": 2, "servers": {"machine_busy_pct": 95.0}},
+             {"k": 3, "servers": {"machine_busy_pct": None}}]
+    note = busy_note(steps, "step")
+    assert note is not None and note.endswith("in step 2: latency there includes waiting for a core")
+    assert busy_note(steps[:1], "step") is None
