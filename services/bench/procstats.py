@@ -52,7 +52,7 @@ def machine_ticks() -> tuple[int, int] | None:
             fields = f.readline().split()
     except OSError:
         return None
-    if len(fields) < 5 or fields[0] != "cpu":
+    if len(fields) < 6 or fields[0] != "cpu":  # idle and iowait are the 4th and 5th numbers
         return None
     # user nice system idle iowait irq softirq steal (guest time is already in user)
     ticks = [int(x) for x in fields[1:9]]
