@@ -73,25 +73,17 @@ class FrameWriter(abc.ABC):
     def write(self, frames: Sequence[bytes]) -> None:
         """Write whole frames in one call (one syscall when the socket takes them); inside
         `with CORK:` they are held and written with this connection's other frames at its end."""
-        held = CORK.held
-        if held is not None:
-            mine = held.get(self)
-            if mine is None:
-                held[self] = list(frames)
-            else:
-                mine.extend(frames)
-            return
-        self.write_now(frames)
+        mine = CORK.held_for(self)
+        if mine is None:
+            self.write_now(frames)
+        else:
+            mine.extend(frames)
 
     def write_one(self, frame: bytes) -> None:
-        """`write((frame,))` without the tuple and the call: the fan-out's path, per subscriber."""
-        held = CORK.held
-        if held is None:
-            self.transport.write(frame)
-            return
-        mine = held.get(self)
+        """`write((frame,))` without the tuple: the fan-out's path, per subscriber."""
+        mine = CORK.held_for(self)
         if mine is None:
-            held[self] = [frame]
+            self.transport.write(frame)
         else:
             mine.append(frame)
 
@@ -122,6 +114,17 @@ class Cork:
             self.held = {}
         self._depth += 1
         return self
+
+    def held_for(self, writer: FrameWriter) -> list[bytes] | None:
+        """The frames held for `writer` until the cork's end (made on first use); None when not
+        corked: write at once."""
+        held = self.held
+        if held is None:
+            return None
+        mine = held.get(writer)
+        if mine is None:
+            mine = held[writer] = []
+        return mine
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
