@@ -72,6 +72,10 @@ def saturation(tier: str) -> list[timeseries.Panel]:
               "One Python process per pod uses at most about one core; the HPA targets 60 % of the request."),
         panel(f"{tier}: resident memory", "bytes",
               [(f'sum by (instance) (process_resident_memory_bytes{{{sel(tier)}}})', "{{instance}}")]),
+        panel(f"{tier}: event loop lag p99", "s",
+              [(quantile(0.99, "event_loop_lag_seconds", tier, by="instance"), "{{instance}}")],
+              "How late each process's event loop runs a timer: time waiting for a core, or behind "
+              "callbacks that did not yield. Everything on that process is delayed by as much."),
     ]
 
 

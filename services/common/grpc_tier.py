@@ -35,7 +35,7 @@ from services.common.process import metrics_listener, settle_heap
 from services.common.rpc import new_server
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore
-from services.common.telemetry import GrpcMetrics
+from services.common.telemetry import GrpcMetrics, LoopLag
 
 log = structlog.get_logger("switchboard.grpc_tier")
 
@@ -108,7 +108,9 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
         members, side.role, settings.node_id, f"{settings.advertise_host or settings.host}:{side.port}",
         ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
     tier = GrpcTier(spec, server, port, address, lease, health_servicer)
+    lag = LoopLag(registry)
     try:
+        lag.start()
         await server.start()
         if side_lease is not None:
             await side_lease.start()  # before the tier's lease: peers see both at once
@@ -133,4 +135,5 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
         finally:
             await asyncio.gather(server.stop(grace=spec.stop_grace_s),
                                  *([side.stop(spec.stop_grace_s)] if side is not None else []))
+            lag.close()
             log.info("tier_stopped", role=spec.role, node_id=settings.node_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -117,6 +118,44 @@ class LoopHistograms(Collector):
         for values, h in list(self._children.items()):
             family.add_metric(list(values), h.buckets(), h.sum)
         yield family
+
+
+# How late an event loop runs a timer: from "on time" (uvloop's timers have 1 ms resolution) to
+# a process that is stalled.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_INTERVAL_S = 0.1
+
+
+class LoopLag:
+    """`event_loop_lag_seconds`: how late this process's event loop runs a timer set every
+    `interval_s`. A loop that waits for a core (the machine is saturated) or runs callbacks that
+    do not yield delays everything on it by that much: every frame read or written, every call's
+    answer. One timer (no task); `start` in the loop, `close` cancels it."""
+
+    def __init__(self, registry: CollectorRegistry, interval_s: float = LAG_INTERVAL_S) -> None:
+        self._h = LoopHistograms(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer set every 0.1 s (waiting for a core, or behind "
+            "callbacks that did not yield)", buckets=LAG_BUCKETS, registry=registry).labels()
+        self._interval_s = interval_s
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._schedule(asyncio.get_running_loop())
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = time.monotonic() + self._interval_s
+        self._timer = loop.call_later(self._interval_s, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._h.observe(max(0.0, time.monotonic() - self._due))
+        self._schedule(loop)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def new_registry() -> CollectorRegistry:

@@ -31,7 +31,7 @@ from services.common.settings import Settings
 from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import Backend, build_membership_store, open_backend
 from services.common.tasks import cancel_and_wait
-from services.common.telemetry import GrpcMetrics, new_registry
+from services.common.telemetry import GrpcMetrics, LoopLag, new_registry
 from services.edge.asgisocket import AsgiSocket
 from services.edge.connection import PUBLISH_UNIT_MAX, Kind, presence_payload, serve, warm_up
 from services.edge.context import EdgeContext
@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> Starlette:
         registry = new_registry()
         metrics = EdgeMetrics(registry)
         grpc_metrics = GrpcMetrics(registry)
+        lag = LoopLag(registry)
         backend = open_backend(settings)
         members = build_membership_store(backend)
         histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
@@ -124,6 +125,7 @@ def create_app(settings: Settings) -> Starlette:
         ready_task: asyncio.Task[None] | None = None
         presence, agent, edges = _extras(settings, backend, members, ctx)
         try:
+            lag.start()
             await histories.start()
             await routers.start()
             pool.set_routers(routers.members, routers.also_members)
@@ -152,6 +154,7 @@ def create_app(settings: Settings) -> Starlette:
             await pool.aclose()
             await history.aclose()
             await backend.aclose()
+            lag.close()
             log.info("edge_stopped", node_id=settings.node_id)
 
     # The WebSocket routes as ASGI endpoints too: the fallback under another ASGI server.

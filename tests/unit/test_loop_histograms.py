@@ -3,11 +3,14 @@ count, the sum, one series per label values, and zeros from the start when unlab
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common.telemetry import LoopHistograms
+from services.common.telemetry import LoopHistograms, LoopLag
 
 
 def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -52,3 +55,21 @@ def test_labelled_children_are_separate_series_and_time_observes_a_duration() ->
     assert 0 <= got[("op_seconds_sum", (("outcome", "error"),))] < 1.0
     with pytest.raises(ValueError):
         family.labels("ok", "extra")
+
+
+async def test_loop_lag_reports_a_loop_that_a_callback_held_and_stops_when_closed() -> None:
+    registry = CollectorRegistry()
+    lag = LoopLag(registry, interval_s=0.02)
+    lag.start()
+    await asyncio.sleep(0.1)  # timers run about on time
+    before = samples(registry, "event_loop_lag_seconds")
+    assert before[("event_loop_lag_seconds_count", ())] >= 2
+    time.sleep(0.3)  # a callback that does not yield: the next timer runs 0.28 s or more late
+    await asyncio.sleep(0.05)
+    got = samples(registry, "event_loop_lag_seconds")
+    late = got[("event_loop_lag_seconds_count", ())] - got[("event_loop_lag_seconds_bucket", (("le", "0.25"),))]
+    assert late == 1, got  # exactly the one timer that came due while the loop was held
+    lag.close()
+    count = got[("event_loop_lag_seconds_count", ())]
+    await asyncio.sleep(0.1)
+    assert samples(registry, "event_loop_lag_seconds")[("event_loop_lag_seconds_count", ())] == count
