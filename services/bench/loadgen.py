@@ -48,12 +48,16 @@ from services.bench.protocol import (
     StreamStep,
     WorkerConfig,
 )
+from services.common.telemetry import LoopLag
 
 if TYPE_CHECKING:
     from picows import WSFrame, WSTransport
 
 monotonic_ns = time.monotonic_ns
 DATA_TYPES = frozenset({"chat_message", "chat_message_chunk"})
+# A worker's own loop lag is sampled this often: a late loop delays every frame it reads, so
+# the latency it measures includes that wait.
+LOOP_LAG_INTERVAL_S = 0.01
 
 
 def worker_main(conn: Connection, cfg: WorkerConfig) -> None:
@@ -166,6 +170,7 @@ class Worker:
 
     def _reset(self) -> None:
         self.latency = Histogram()
+        self.loop_lag = Histogram()  # how late this worker's loop ran its timer, in the step
         self.received = self.duplicates = self.stale = 0
         self.offset_duplicates = self.offset_out_of_order = 0
         self.out_of_order: dict[int, int] = {}
@@ -239,13 +244,21 @@ class Worker:
             Quiesce: self._on_quiesce, Hold: self._on_hold, Storm: self._on_storm,
             StatusQuery: self._on_status,
         }
-        while (cmd := await self._recv()) is not None:
-            if isinstance(cmd, Close):
-                self._close_all(self.clients.values())
-                await asyncio.sleep(0.2)
-                self._send(Closed(self.wid))
-                return
-            await handlers[type(cmd)](cmd)
+        lag = LoopLag(self._lagged, LOOP_LAG_INTERVAL_S)
+        lag.start()
+        try:
+            while (cmd := await self._recv()) is not None:
+                if isinstance(cmd, Close):
+                    self._close_all(self.clients.values())
+                    await asyncio.sleep(0.2)
+                    self._send(Closed(self.wid))
+                    return
+                await handlers[type(cmd)](cmd)
+        finally:
+            lag.close()
+
+    def _lagged(self, seconds: float) -> None:
+        self.loop_lag.record(int(seconds * 1e6))
 
     # ---- connecting --------------------------------------------------------------------------
 
@@ -417,7 +430,8 @@ class Worker:
             await asyncio.wait_for(self.all_received.wait(), max(0.0, (cmd.deadline_ns - monotonic_ns()) / 1e9))
         self._send(StepStats(
             self.wid, self.received, self.duplicates, self.out_of_order, self.offset_duplicates,
-            self.offset_out_of_order, self.stale, self.latency, self.drops, self.events, monotonic_ns()))
+            self.offset_out_of_order, self.stale, self.latency, self.drops, self.events, monotonic_ns(),
+            self.loop_lag))
 
     async def _on_quiesce(self, cmd: Quiesce) -> None:
         """Wait (bounded) until late deliveries stop, then reconnect what the servers dropped."""

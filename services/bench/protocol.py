@@ -146,6 +146,7 @@ class StepStats:
     drops: int
     events: dict[str, int]
     recv_done_ns: int
+    loop_lag: Histogram  # how late the worker's event loop ran a timer set every 10 ms
 
 
 @dataclass

@@ -8,6 +8,9 @@ Result = dict[str, Any]
 # A step or wave measured while the whole machine was at least this busy waited for cores: its
 # latency is the machine's as much as the cluster's (the load generator shares the CPUs).
 BUSY_PCT = 90.0
+# A load generator whose own event loop ran this late (p99) read its deliveries that late: the
+# latency it measured includes its own wait, not only the cluster's.
+LOADGEN_LAG_MS = 10.0
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -29,9 +32,9 @@ def steps_table(steps: list[Result]) -> str:
         rows.append([s["k"], s["rate"], s["sent"], s["deliveries_per_s"], lat["p50"], lat["p99"], lat["max"],
                      s["loss"], s["duplicates"], s["out_of_order"] + s["offset_out_of_order"],
                      srv["cpu_s"], srv["cpu_us_per_delivery"], srv.get("machine_busy_pct"),
-                     "OK" if s["sustained"] else "FAIL"])
+                     s["loadgen_loop_lag_ms"]["p99"], "OK" if s["sustained"] else "FAIL"])
     return table(["step", "rate/s", "sent", "deliv/s", "p50 ms", "p99 ms", "max ms", "loss", "dup", "ooo",
-                  "srv CPU s", "µs/deliv", "machine %", "result"], rows)
+                  "srv CPU s", "µs/deliv", "machine %", "gen lag ms", "result"], rows)
 
 
 def busy_note(windows: list[Result], what: str) -> str | None:
@@ -41,6 +44,18 @@ def busy_note(windows: list[Result], what: str) -> str | None:
         return None
     return (f"the machine was at least {BUSY_PCT:.0f} % busy (all its CPUs, the load generator included) "
             f"in {what} {', '.join(busy)}: latency there includes waiting for a core")
+
+
+def loadgen_lag_note(steps: list[Result]) -> str | None:
+    """A warning naming the steps whose load generator read late (its own loop lag, p99)."""
+    late = [f"{s['k']} ({s['loadgen_loop_lag_ms']['p99']} ms)" for s in steps
+            if (s["loadgen_loop_lag_ms"]["p99"] or 0) > LOADGEN_LAG_MS]
+    if not late:
+        return None
+    return (f"the load generator's own event loop ran more than {LOADGEN_LAG_MS:.0f} ms late (p99, "
+            f"\"gen lag\") in step {', '.join(late)}: deliveries waited that long in its sockets "
+            "before it read them, and their latency includes that wait (run it on other cores or "
+            "another machine for the cluster's own)")
 
 
 def processes_table(servers: Result, title: str) -> str:
@@ -61,9 +76,9 @@ def render(result: Result) -> str:
     if scenario in ("fanout", "stream"):
         steps = result["steps"]
         out.append(steps_table(steps))
-        note = busy_note(steps, "step")
-        if note:
-            out.append(note)
+        for note in (busy_note(steps, "step"), loadgen_lag_note(steps)):
+            if note:
+                out.append(note)
         if steps:
             out.append(processes_table(steps[-1]["servers"], f"server processes during step {steps[-1]['k']}:"))
         if scenario == "fanout":

@@ -370,9 +370,10 @@ def connect_summary(res: list[Connected]) -> Result:
 
 def step_summary(k: int, rate: float, duration_s: float, sent: list[Sent], stats: list[StepStats],
                  expected: int) -> Result:
-    latency, lag, acks = Histogram(), Histogram(), Histogram()
+    latency, lag, acks, loop_lag = Histogram(), Histogram(), Histogram(), Histogram()
     for st in stats:
         latency.merge(st.latency)
+        loop_lag.merge(st.loop_lag)
     for r in sent:
         lag.merge(r.lag)
         acks.merge(r.acks)
@@ -390,6 +391,7 @@ def step_summary(k: int, rate: float, duration_s: float, sent: list[Sent], stats
         "offset_out_of_order": sum(st.offset_out_of_order for st in stats),
         "deliveries_per_s": round(received / duration_s, 1),
         "latency_ms": latency.summary_ms(), "send_lag_ms": lag.summary_ms(),
+        "loadgen_loop_lag_ms": loop_lag.summary_ms(),
         "publish_ack_ms": acks.summary_ms() if acks.count else None,
         "connections_dropped": sum(st.drops for st in stats),
         "server_events": merge_counts(st.events for st in stats),
@@ -422,7 +424,8 @@ def step_line(s: Result) -> str:
     acks = f", publish ack p50 {ack['p50']} p99 {ack['p99']} ms" if ack else ""
     return (f"step {s['k']} rate {s['rate']}/s: sent {s['sent']}, {s['deliveries_per_s']} deliveries/s, "
             f"p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms, loss {s['loss']}, "
-            f"dup {s['duplicates']}, ooo {s['out_of_order']}{acks}, server CPU {s['servers']['cpu_s']} s "
+            f"dup {s['duplicates']}, ooo {s['out_of_order']}{acks}, load generator loop lag p99 "
+            f"{s['loadgen_loop_lag_ms']['p99']} ms, server CPU {s['servers']['cpu_s']} s "
             f"({s['servers']['cpu_us_per_delivery']} µs/delivery), machine "
             f"{s['servers']['machine_busy_pct']} % busy "
             f"{'OK' if s['sustained'] else 'FAIL ' + '; '.join(s['fail_reasons'])}")

@@ -35,7 +35,7 @@ from services.common.process import metrics_listener, settle_heap
 from services.common.rpc import new_server
 from services.common.settings import Settings
 from services.common.store.base import MembershipStore
-from services.common.telemetry import GrpcMetrics, LoopLag
+from services.common.telemetry import GrpcMetrics, loop_lag_metric
 
 log = structlog.get_logger("switchboard.grpc_tier")
 
@@ -108,7 +108,7 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
         members, side.role, settings.node_id, f"{settings.advertise_host or settings.host}:{side.port}",
         ttl_s=settings.lease_ttl_s, refresh_s=settings.lease_refresh_s)
     tier = GrpcTier(spec, server, port, address, lease, health_servicer)
-    lag = LoopLag(registry)
+    lag = loop_lag_metric(registry)
     try:
         lag.start()
         await server.start()

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import structlog
@@ -127,16 +127,14 @@ LAG_INTERVAL_S = 0.1
 
 
 class LoopLag:
-    """`event_loop_lag_seconds`: how late this process's event loop runs a timer set every
-    `interval_s`. A loop that waits for a core (the machine is saturated) or runs callbacks that
-    do not yield delays everything on it by that much: every frame read or written, every call's
-    answer. One timer (no task); `start` in the loop, `close` cancels it."""
+    """How late this process's event loop runs a timer set every `interval_s`: each firing
+    passes the delay (seconds) to `observe`. A loop that waits for a core (the machine is
+    saturated) or runs callbacks that do not yield delays everything on it by that much: every
+    frame read or written, every call's answer. One timer (no task); `start` in the loop,
+    `close` cancels it."""
 
-    def __init__(self, registry: CollectorRegistry, interval_s: float = LAG_INTERVAL_S) -> None:
-        self._h = LoopHistograms(
-            "event_loop_lag_seconds",
-            "How late the event loop ran a timer set every 0.1 s (waiting for a core, or behind "
-            "callbacks that did not yield)", buckets=LAG_BUCKETS, registry=registry).labels()
+    def __init__(self, observe: Callable[[float], None], interval_s: float = LAG_INTERVAL_S) -> None:
+        self._observe = observe
         self._interval_s = interval_s
         self._due = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -149,13 +147,22 @@ class LoopLag:
         self._timer = loop.call_later(self._interval_s, self._fire, loop)
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._h.observe(max(0.0, time.monotonic() - self._due))
+        self._observe(max(0.0, time.monotonic() - self._due))
         self._schedule(loop)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def loop_lag_metric(registry: CollectorRegistry, interval_s: float = LAG_INTERVAL_S) -> LoopLag:
+    """A tier's `event_loop_lag_seconds` (every process of every tier exports it)."""
+    h = LoopHistograms(
+        "event_loop_lag_seconds",
+        "How late the event loop ran a timer set every 0.1 s (waiting for a core, or behind "
+        "callbacks that did not yield)", buckets=LAG_BUCKETS, registry=registry).labels()
+    return LoopLag(h.observe, interval_s)
 
 
 def new_registry() -> CollectorRegistry:

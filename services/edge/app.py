@@ -31,7 +31,7 @@ from services.common.settings import Settings
 from services.common.store.base import MembershipStore, StoreError
 from services.common.store.factory import Backend, build_membership_store, open_backend
 from services.common.tasks import cancel_and_wait
-from services.common.telemetry import GrpcMetrics, LoopLag, new_registry
+from services.common.telemetry import GrpcMetrics, loop_lag_metric, new_registry
 from services.edge.asgisocket import AsgiSocket
 from services.edge.connection import PUBLISH_UNIT_MAX, Kind, presence_payload, serve, warm_up
 from services.edge.context import EdgeContext
@@ -91,7 +91,7 @@ def create_app(settings: Settings) -> Starlette:
         registry = new_registry()
         metrics = EdgeMetrics(registry)
         grpc_metrics = GrpcMetrics(registry)
-        lag = LoopLag(registry)
+        lag = loop_lag_metric(registry)
         backend = open_backend(settings)
         members = build_membership_store(backend)
         histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)

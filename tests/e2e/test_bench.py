@@ -80,6 +80,8 @@ def test_fanout_on_a_cluster_it_starts_counts_every_delivery_and_stops_the_clust
     assert len(edges) == 2 and sum(e["messages_out"] for e in edges) >= step["received"]
     assert sum(e["messages_in"] for e in edges) >= step["sent"]
     assert "deliv/s" in table and "machine %" in table and "highest sustained rate" in table
+    # the load generator's own loop lag in the step: sampled every 10 ms for 2 s by each worker
+    assert step["loadgen_loop_lag_ms"]["p99"] is not None and "gen lag ms" in table
     assert "edge-1" in table
     assert "cluster up" in stderr and "step 1" in stderr
     # the cluster it started is gone

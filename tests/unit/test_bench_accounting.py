@@ -8,7 +8,7 @@ import pytest
 
 from services.bench.histogram import Histogram, bucket_of, bucket_upper_us
 from services.bench.procstats import CpuSnapshot, machine_busy_pct
-from services.bench.report import busy_note
+from services.bench.report import busy_note, loadgen_lag_note
 from services.bench.scenarios import Plan
 
 
@@ -60,3 +60,11 @@ def test_the_machine_busy_share_is_of_all_cpus_between_two_snapshots_and_flags_s
     note = busy_note(steps, "step")
     assert note is not None and note.endswith("in step 2: latency there includes waiting for a core")
     assert busy_note(steps[:1], "step") is None
+
+
+def test_steps_whose_load_generator_read_late_are_named_with_its_lag() -> None:
+    steps = [{"k": 1, "loadgen_loop_lag_ms": {"p99": 1.2}}, {"k": 2, "loadgen_loop_lag_ms": {"p99": 31.5}},
+             {"k": 3, "loadgen_loop_lag_ms": {"p99": None}}]
+    note = loadgen_lag_note(steps)
+    assert note is not None and "in step 2 (31.5 ms):" in note and "1.2" not in note
+    assert loadgen_lag_note(steps[:1]) is None
