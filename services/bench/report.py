@@ -58,6 +58,18 @@ def loadgen_lag_note(steps: list[Result]) -> str | None:
             "another machine for the cluster's own)")
 
 
+def lag_table(steps: list[Result]) -> str | None:
+    """Event loop lag p99 per step: each server process that exports it (the upper bound of its
+    histogram bucket) and the load generator's workers."""
+    names = sorted({n for s in steps for n in s.get("server_loop_lag_p99_ms", {})})
+    if not names:
+        return None
+    rows = [[s["k"], *(s["server_loop_lag_p99_ms"].get(n) for n in names), s["loadgen_loop_lag_ms"]["p99"]]
+            for s in steps]
+    return ("event loop lag p99 per step, ms (server processes: the upper bound of the bucket; "
+            "gen: the load generator):\n" + table(["step", *names, "gen"], rows))
+
+
 def processes_table(servers: Result, title: str) -> str:
     rows = [[p["name"], p["pid"], p["cpu_s"], p["cpu_pct"], _mib(p["rss_kb"])] for p in servers["processes"]]
     busy = servers.get("machine_busy_pct")
@@ -76,7 +88,7 @@ def render(result: Result) -> str:
     if scenario in ("fanout", "stream"):
         steps = result["steps"]
         out.append(steps_table(steps))
-        for note in (busy_note(steps, "step"), loadgen_lag_note(steps)):
+        for note in (busy_note(steps, "step"), loadgen_lag_note(steps), lag_table(steps)):
             if note:
                 out.append(note)
         if steps:

@@ -221,6 +221,7 @@ class Run:
         """The second half of a step: what was sent, what each worker must receive, what it got."""
         o = self.o
         cpu0, lg0, t0 = cpu_snapshot(self.t.processes), self.pool.cpu_seconds(), time.monotonic()
+        lags0 = self.t.loop_lags()
         sent = self.pool.gather(Sent, o.duration_s + 120)
         sent_by_pub = {p: n for r in sent for p, n in r.sent.items()}
         expected = [sum(expected_for(cid, sent_by_pub) for cid in r.receivers) for r in sent]
@@ -229,6 +230,7 @@ class Run:
             self.pool.send(wid, Expect(n, deadline))
         stats = self.pool.gather(StepStats, o.drain_s + 60)
         cpu1, window = cpu_snapshot(self.t.processes), time.monotonic() - t0
+        lags1 = self.t.loop_lags()
         self.pool.broadcast(Quiesce(max_s=5.0, quiet_s=0.5))
         quiet = self.pool.gather(Quiet, 80)
         s = step_summary(k, rate, o.duration_s, sent, stats, sum(expected))
@@ -236,6 +238,8 @@ class Run:
         s["reconnected"] = sum(q.reconnected for q in quiet)
         s["servers"] = self.servers(cpu0, cpu1, window, s["received"])
         s["loadgen_cpu_s"] = round(self.pool.cpu_seconds() - lg0, 2)
+        s["server_loop_lag_p99_ms"] = {name: lag_p99_ms(lags0.get(name, {}), after)
+                                       for name, after in lags1.items()}
         s["fail_reasons"] = fail_reasons(s, o.p99_limit_ms)
         s["sustained"] = not s["fail_reasons"]
         log(step_line(s))
@@ -397,6 +401,19 @@ def step_summary(k: int, rate: float, duration_s: float, sent: list[Sent], stats
         "server_events": merge_counts(st.events for st in stats),
         "drain_s": round((max(st.recv_done_ns for st in stats) - max(r.send_end_ns for r in sent)) / 1e9, 3),
     }
+
+
+def lag_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The 99th percentile of a process's event loop lag between two scrapes of its cumulative
+    buckets, as the upper bound of the bucket that holds it (ms; the last finite bound when it
+    is beyond); None when nothing was observed in between."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    finite = [b for b in bounds if b != float("inf")] or [0.0]
+    bound = next(b for b, c in zip(bounds, counts, strict=True) if c >= 0.99 * counts[-1])
+    return round(1000 * (bound if bound != float("inf") else finite[-1]), 3)
 
 
 def fail_reasons(s: Result, p99_limit_ms: float) -> list[str]:

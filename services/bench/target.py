@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from services.bench.procstats import ServerProcess, parse_pid_option
 from services.common.settings import DEV_JWT_SECRET
 from services.devcluster import DevCluster
@@ -30,6 +32,7 @@ class Target:
     jwt_secret: str
     cluster: DevCluster | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # process name -> its /metrics
 
     @property
     def http_urls(self) -> list[str]:
@@ -49,6 +52,18 @@ class Target:
                 out.append({"error": f"{type(e).__name__}: {e}"})
         return out
 
+    def loop_lags(self) -> dict[str, dict[float, float]]:
+        """Each process's `event_loop_lag_seconds` buckets now (cumulative count by upper bound,
+        in seconds); a process whose /metrics does not answer is left out."""
+        out: dict[str, dict[float, float]] = {}
+        for name, url in self.metrics_urls.items():
+            try:
+                with urllib.request.urlopen(url, timeout=2.0) as r:
+                    out[name] = lag_buckets(r.read().decode())
+            except (OSError, ValueError):
+                continue
+        return out
+
     def gone(self) -> list[str]:
         """Names of measured processes that are gone."""
         return [p.name for p in self.processes if not os.path.exists(f"/proc/{p.pid}")]
@@ -57,6 +72,14 @@ class Target:
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
+
+
+def lag_buckets(text: str) -> dict[float, float]:
+    """`event_loop_lag_seconds` buckets from a Prometheus text exposition ({} when absent)."""
+    for family in text_string_to_metric_families(text):
+        if family.name == "event_loop_lag_seconds":
+            return {float(x.labels["le"]): x.value for x in family.samples if x.name.endswith("_bucket")}
+    return {}
 
 
 def connect_to(urls: list[str], pids: list[str]) -> Target:
@@ -68,7 +91,9 @@ def connect_to(urls: list[str], pids: list[str]) -> Target:
             raise ValueError(f"--url must be ws://host:port, got {u!r}")
         edges.append(f"{parts.scheme}://{parts.netloc}")
     secret = os.environ.get("SWITCHBOARD_JWT_SECRET") or DEV_JWT_SECRET
-    return Target(edges, [parse_pid_option(p) for p in pids], secret)
+    metrics = {f"edge {urlsplit(e).netloc}": f"{'https' if e.startswith('wss') else 'http'}://"
+               f"{urlsplit(e).netloc}/metrics" for e in edges}  # edges serve it on their HTTP port
+    return Target(edges, [parse_pid_option(p) for p in pids], secret, metrics_urls=metrics)
 
 
 def start_cluster(edges: int, routers: int) -> Target:
@@ -83,5 +108,5 @@ def start_cluster(edges: int, routers: int) -> Target:
     procs = [ServerProcess(p.name, p.popen.pid) for p in cluster.procs if p.popen is not None]
     if cluster.redis is not None and cluster.redis.popen is not None:
         procs.append(ServerProcess("redis", cluster.redis.popen.pid))
-    return Target(cluster.edge_urls(), procs, cluster.jwt_secret, cluster,
-                  {"logs": str(cluster.workdir)})
+    return Target(cluster.edge_urls(), procs, cluster.jwt_secret, cluster, {"logs": str(cluster.workdir)},
+                  {p.name: p.metrics_url for p in cluster.procs if p.metrics_url})

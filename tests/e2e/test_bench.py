@@ -82,6 +82,10 @@ def test_fanout_on_a_cluster_it_starts_counts_every_delivery_and_stops_the_clust
     assert "deliv/s" in table and "machine %" in table and "highest sustained rate" in table
     # the load generator's own loop lag in the step: sampled every 10 ms for 2 s by each worker
     assert step["loadgen_loop_lag_ms"]["p99"] is not None and "gen lag ms" in table
+    # and each server process's, read from its /metrics before and after the step (redis has none)
+    lags = step["server_loop_lag_p99_ms"]
+    assert set(lags) == CLUSTER_NAMES - {"redis"} and all(v is not None and v > 0 for v in lags.values())
+    assert "event loop lag p99 per step" in table
     assert "edge-1" in table
     assert "cluster up" in stderr and "step 1" in stderr
     # the cluster it started is gone

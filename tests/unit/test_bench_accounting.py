@@ -9,7 +9,8 @@ import pytest
 from services.bench.histogram import Histogram, bucket_of, bucket_upper_us
 from services.bench.procstats import CpuSnapshot, machine_busy_pct
 from services.bench.report import busy_note, loadgen_lag_note
-from services.bench.scenarios import Plan
+from services.bench.scenarios import Plan, lag_p99_ms
+from services.bench.target import lag_buckets
 
 
 def test_every_value_falls_in_a_bucket_whose_bound_is_at_most_a_thirtysecond_above_it() -> None:
@@ -68,3 +69,20 @@ def test_steps_whose_load_generator_read_late_are_named_with_its_lag() -> None:
     note = loadgen_lag_note(steps)
     assert note is not None and "in step 2 (31.5 ms):" in note and "1.2" not in note
     assert loadgen_lag_note(steps[:1]) is None
+
+
+def test_a_processs_loop_lag_p99_is_read_from_the_buckets_it_exported_between_two_scrapes() -> None:
+    text = "\n".join([
+        "# HELP event_loop_lag_seconds lag", "# TYPE event_loop_lag_seconds histogram",
+        *(f'event_loop_lag_seconds_bucket{{le="{le}"}} {n}' for le, n in
+          (("0.001", 90.0), ("0.01", 95.0), ("0.1", 195.0), ("+Inf", 196.0))),
+        "event_loop_lag_seconds_count 196.0", "event_loop_lag_seconds_sum 3.0", ""])
+    after = lag_buckets(text)
+    assert after == {0.001: 90.0, 0.01: 95.0, 0.1: 195.0, float("inf"): 196.0}
+    before = {0.001: 90.0, 0.01: 94.0, 0.1: 94.0, float("inf"): 94.0}
+    # in between: 102 observations, 1 under 10 ms, 100 more under 100 ms, 1 beyond: p99 is under 0.1 s
+    assert lag_p99_ms(before, after) == 100.0
+    assert lag_p99_ms({}, {0.001: 99.0, 0.01: 99.0, float("inf"): 100.0}) == 1.0
+    assert lag_p99_ms(after, after) is None  # nothing observed in between
+    assert lag_p99_ms({}, {0.001: 0.0, 0.01: 0.0, float("inf"): 3.0}) == 10.0  # beyond: the last bound
+    assert lag_buckets("# TYPE other_seconds histogram\n") == {}
