@@ -123,6 +123,7 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
         with metrics_listener(settings.host, settings.metrics_port, registry):
             yield tier
     finally:
+        lag.close()
         await health_servicer.enter_graceful_shutdown()
         if spec.stopping is not None:
             spec.stopping()
@@ -135,5 +136,4 @@ async def serving_tier(settings: Settings, spec: TierSpec, *, members: Membershi
         finally:
             await asyncio.gather(server.stop(grace=spec.stop_grace_s),
                                  *([side.stop(spec.stop_grace_s)] if side is not None else []))
-            lag.close()
             log.info("tier_stopped", role=spec.role, node_id=settings.node_id)

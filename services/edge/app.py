@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
             log.info("edge_started", node_id=settings.node_id, port=settings.port)
             yield {"ctx": ctx, "edges": edges}
         finally:
+            lag.close()
             ctx.draining = True
             metrics.ready.set(0)
             await cancel_and_wait(ready_task)
@@ -154,7 +155,6 @@ def create_app(settings: Settings) -> Starlette:
             await pool.aclose()
             await history.aclose()
             await backend.aclose()
-            lag.close()
             log.info("edge_stopped", node_id=settings.node_id)
 
     # The WebSocket routes as ASGI endpoints too: the fallback under another ASGI server.
