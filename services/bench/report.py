@@ -59,15 +59,21 @@ def loadgen_lag_note(steps: list[Result]) -> str | None:
 
 
 def lag_table(steps: list[Result]) -> str | None:
-    """Event loop lag p99 per step: each server process that exports it (the upper bound of its
-    histogram bucket) and the load generator's workers."""
+    """Per step, from the servers' own histograms: each edge's delivery latency p99 (publish
+    accepted -> frame written: the cluster's part of the latency the clients saw) and each
+    process's event loop lag p99, beside the load generator's own lag."""
+    edges = sorted({n for s in steps for n in s.get("edge_delivery_p99_ms", {})})
     names = sorted({n for s in steps for n in s.get("server_loop_lag_p99_ms", {})})
     if not names:
         return None
-    rows = [[s["k"], *(s["server_loop_lag_p99_ms"].get(n) for n in names), s["loadgen_loop_lag_ms"]["p99"]]
+    rows = [[s["k"], s["latency_ms"]["p99"], *(s["edge_delivery_p99_ms"].get(n) for n in edges),
+             *(s["server_loop_lag_p99_ms"].get(n) for n in names), s["loadgen_loop_lag_ms"]["p99"]]
             for s in steps]
-    return ("event loop lag p99 per step, ms (server processes: the upper bound of the bucket; "
-            "gen: the load generator):\n" + table(["step", *names, "gen"], rows))
+    return ("p99 per step, ms: clients (as above); inside an edge (publish accepted -> frame written); "
+            "event loop lag of each server process and of the load generator (gen). Server values "
+            "are the upper bound of their histogram bucket:\n"
+            + table(["step", "clients", *(f"{n} deliv" for n in edges), *(f"{n} lag" for n in names),
+                     "gen lag"], rows))
 
 
 def processes_table(servers: Result, title: str) -> str:

@@ -42,7 +42,7 @@ from services.bench.protocol import (
     StreamStep,
     WorkerConfig,
 )
-from services.bench.target import Target
+from services.bench.target import Buckets, Target
 from services.bench.workers import WorkerPool
 from services.common.auth import mint_token
 
@@ -221,7 +221,7 @@ class Run:
         """The second half of a step: what was sent, what each worker must receive, what it got."""
         o = self.o
         cpu0, lg0, t0 = cpu_snapshot(self.t.processes), self.pool.cpu_seconds(), time.monotonic()
-        lags0 = self.t.loop_lags()
+        hist0 = self.t.histograms()
         sent = self.pool.gather(Sent, o.duration_s + 120)
         sent_by_pub = {p: n for r in sent for p, n in r.sent.items()}
         expected = [sum(expected_for(cid, sent_by_pub) for cid in r.receivers) for r in sent]
@@ -230,7 +230,7 @@ class Run:
             self.pool.send(wid, Expect(n, deadline))
         stats = self.pool.gather(StepStats, o.drain_s + 60)
         cpu1, window = cpu_snapshot(self.t.processes), time.monotonic() - t0
-        lags1 = self.t.loop_lags()
+        hist1 = self.t.histograms()
         self.pool.broadcast(Quiesce(max_s=5.0, quiet_s=0.5))
         quiet = self.pool.gather(Quiet, 80)
         s = step_summary(k, rate, o.duration_s, sent, stats, sum(expected))
@@ -238,8 +238,8 @@ class Run:
         s["reconnected"] = sum(q.reconnected for q in quiet)
         s["servers"] = self.servers(cpu0, cpu1, window, s["received"])
         s["loadgen_cpu_s"] = round(self.pool.cpu_seconds() - lg0, 2)
-        s["server_loop_lag_p99_ms"] = {name: lag_p99_ms(lags0.get(name, {}), after)
-                                       for name, after in lags1.items()}
+        s["server_loop_lag_p99_ms"] = between(hist0, hist1, "event_loop_lag_seconds")
+        s["edge_delivery_p99_ms"] = between(hist0, hist1, "edge_delivery_latency_seconds")
         s["fail_reasons"] = fail_reasons(s, o.p99_limit_ms)
         s["sustained"] = not s["fail_reasons"]
         log(step_line(s))
@@ -403,10 +403,18 @@ def step_summary(k: int, rate: float, duration_s: float, sent: list[Sent], stats
     }
 
 
-def lag_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
-    """The 99th percentile of a process's event loop lag between two scrapes of its cumulative
-    buckets, as the upper bound of the bucket that holds it (ms; the last finite bound when it
-    is beyond); None when nothing was observed in between."""
+def between(before: dict[str, dict[str, Buckets]], after: dict[str, dict[str, Buckets]],
+            family: str) -> dict[str, float | None]:
+    """p99 (ms) of one histogram per process that exports it, over the observations made
+    between two scrapes."""
+    return {name: p99_ms(before.get(name, {}).get(family, {}), got[family])
+            for name, got in after.items() if family in got}
+
+
+def p99_ms(before: Buckets, after: Buckets) -> float | None:
+    """The 99th percentile of the observations between two scrapes of cumulative buckets, as
+    the upper bound of the bucket that holds it (ms; the last finite bound when it is beyond);
+    None when nothing was observed in between."""
     bounds = sorted(after)
     counts = [after[b] - before.get(b, 0.0) for b in bounds]
     if not counts or counts[-1] <= 0:

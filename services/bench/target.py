@@ -52,14 +52,14 @@ class Target:
                 out.append({"error": f"{type(e).__name__}: {e}"})
         return out
 
-    def loop_lags(self) -> dict[str, dict[float, float]]:
-        """Each process's `event_loop_lag_seconds` buckets now (cumulative count by upper bound,
-        in seconds); a process whose /metrics does not answer is left out."""
-        out: dict[str, dict[float, float]] = {}
+    def histograms(self) -> dict[str, dict[str, Buckets]]:
+        """Each process's histograms named in SCRAPED, now, by family; a process whose /metrics does not
+        answer is left out."""
+        out: dict[str, dict[str, Buckets]] = {}
         for name, url in self.metrics_urls.items():
             try:
                 with urllib.request.urlopen(url, timeout=2.0) as r:
-                    out[name] = lag_buckets(r.read().decode())
+                    out[name] = histogram_buckets(r.read().decode())
             except (OSError, ValueError):
                 continue
         return out
@@ -74,12 +74,20 @@ class Target:
             self.cluster = None
 
 
-def lag_buckets(text: str) -> dict[float, float]:
-    """`event_loop_lag_seconds` buckets from a Prometheus text exposition ({} when absent)."""
+Buckets = dict[float, float]  # a histogram's cumulative counts by upper bound (seconds)
+# What a step reads from the servers: every process's event loop lag, and an edge's own delivery
+# latency (publish accepted by the edge -> frame written to the client's socket).
+SCRAPED = ("event_loop_lag_seconds", "edge_delivery_latency_seconds")
+
+
+def histogram_buckets(text: str) -> dict[str, Buckets]:
+    """The SCRAPED histograms (unlabelled) found in a Prometheus text exposition."""
+    out: dict[str, Buckets] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "event_loop_lag_seconds":
-            return {float(x.labels["le"]): x.value for x in family.samples if x.name.endswith("_bucket")}
-    return {}
+        if family.name in SCRAPED:
+            out[family.name] = {float(x.labels["le"]): x.value for x in family.samples
+                                if x.name.endswith("_bucket")}
+    return out
 
 
 def connect_to(urls: list[str], pids: list[str]) -> Target:

@@ -85,7 +85,10 @@ def test_fanout_on_a_cluster_it_starts_counts_every_delivery_and_stops_the_clust
     # and each server process's, read from its /metrics before and after the step (redis has none)
     lags = step["server_loop_lag_p99_ms"]
     assert set(lags) == CLUSTER_NAMES - {"redis"} and all(v is not None and v > 0 for v in lags.values())
-    assert "event loop lag p99 per step" in table
+    # and the cluster's own part of the latency: each edge's publish accepted -> frame written
+    inside = step["edge_delivery_p99_ms"]
+    assert set(inside) == {"edge-1", "edge-2"} and all(v is not None and v > 0 for v in inside.values())
+    assert "edge-1 deliv" in table and "router-1 lag" in table and "gen lag" in table
     assert "edge-1" in table
     assert "cluster up" in stderr and "step 1" in stderr
     # the cluster it started is gone

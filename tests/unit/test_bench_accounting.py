@@ -9,8 +9,8 @@ import pytest
 from services.bench.histogram import Histogram, bucket_of, bucket_upper_us
 from services.bench.procstats import CpuSnapshot, machine_busy_pct
 from services.bench.report import busy_note, loadgen_lag_note
-from services.bench.scenarios import Plan, lag_p99_ms
-from services.bench.target import lag_buckets
+from services.bench.scenarios import Plan, p99_ms
+from services.bench.target import histogram_buckets
 
 
 def test_every_value_falls_in_a_bucket_whose_bound_is_at_most_a_thirtysecond_above_it() -> None:
@@ -71,18 +71,25 @@ def test_steps_whose_load_generator_read_late_are_named_with_its_lag() -> None:
     assert loadgen_lag_note(steps[:1]) is None
 
 
-def test_a_processs_loop_lag_p99_is_read_from_the_buckets_it_exported_between_two_scrapes() -> None:
+def test_a_servers_p99_is_read_from_the_buckets_it_exported_between_two_scrapes() -> None:
     text = "\n".join([
         "# HELP event_loop_lag_seconds lag", "# TYPE event_loop_lag_seconds histogram",
         *(f'event_loop_lag_seconds_bucket{{le="{le}"}} {n}' for le, n in
           (("0.001", 90.0), ("0.01", 95.0), ("0.1", 195.0), ("+Inf", 196.0))),
-        "event_loop_lag_seconds_count 196.0", "event_loop_lag_seconds_sum 3.0", ""])
-    after = lag_buckets(text)
+        "event_loop_lag_seconds_count 196.0", "event_loop_lag_seconds_sum 3.0",
+        "# HELP edge_delivery_latency_seconds d", "# TYPE edge_delivery_latency_seconds histogram",
+        'edge_delivery_latency_seconds_bucket{le="0.025"} 7.0', 'edge_delivery_latency_seconds_bucket{le="+Inf"} 7.0',
+        "edge_delivery_latency_seconds_count 7.0", "edge_delivery_latency_seconds_sum 0.01",
+        "# HELP other_seconds o", "# TYPE other_seconds histogram", 'other_seconds_bucket{le="+Inf"} 1.0',
+        "other_seconds_count 1.0", "other_seconds_sum 1.0", ""])
+    got = histogram_buckets(text)
+    assert set(got) == {"event_loop_lag_seconds", "edge_delivery_latency_seconds"}  # what a step reads
+    after = got["event_loop_lag_seconds"]
     assert after == {0.001: 90.0, 0.01: 95.0, 0.1: 195.0, float("inf"): 196.0}
+    assert p99_ms({}, got["edge_delivery_latency_seconds"]) == 25.0
     before = {0.001: 90.0, 0.01: 94.0, 0.1: 94.0, float("inf"): 94.0}
     # in between: 102 observations, 1 under 10 ms, 100 more under 100 ms, 1 beyond: p99 is under 0.1 s
-    assert lag_p99_ms(before, after) == 100.0
-    assert lag_p99_ms({}, {0.001: 99.0, 0.01: 99.0, float("inf"): 100.0}) == 1.0
-    assert lag_p99_ms(after, after) is None  # nothing observed in between
-    assert lag_p99_ms({}, {0.001: 0.0, 0.01: 0.0, float("inf"): 3.0}) == 10.0  # beyond: the last bound
-    assert lag_buckets("# TYPE other_seconds histogram\n") == {}
+    assert p99_ms(before, after) == 100.0
+    assert p99_ms({}, {0.001: 99.0, 0.01: 99.0, float("inf"): 100.0}) == 1.0
+    assert p99_ms(after, after) is None  # nothing observed in between
+    assert p99_ms({}, {0.001: 0.0, 0.01: 0.0, float("inf"): 3.0}) == 10.0  # beyond: the last bound
