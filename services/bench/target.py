@@ -24,6 +24,11 @@ CLUSTER_ENV = {
     "SWITCHBOARD_LOG_LEVEL": "warning",
 }
 
+Buckets = dict[float, float]  # a histogram's cumulative counts by upper bound (seconds)
+# What a step reads from the servers: every process's event loop lag, and an edge's own delivery
+# latency (publish accepted by the edge -> frame written to the client's socket).
+SCRAPED = ("event_loop_lag_seconds", "edge_delivery_latency_seconds")
+
 
 @dataclass
 class Target:
@@ -53,7 +58,7 @@ class Target:
         return out
 
     def histograms(self) -> dict[str, dict[str, Buckets]]:
-        """Each process's histograms named in SCRAPED, now, by family; a process whose /metrics does not
+        """Each process's SCRAPED histograms now, by family; a process whose /metrics does not
         answer is left out."""
         out: dict[str, dict[str, Buckets]] = {}
         for name, url in self.metrics_urls.items():
@@ -72,12 +77,6 @@ class Target:
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
-
-
-Buckets = dict[float, float]  # a histogram's cumulative counts by upper bound (seconds)
-# What a step reads from the servers: every process's event loop lag, and an edge's own delivery
-# latency (publish accepted by the edge -> frame written to the client's socket).
-SCRAPED = ("event_loop_lag_seconds", "edge_delivery_latency_seconds")
 
 
 def histogram_buckets(text: str) -> dict[str, Buckets]:
