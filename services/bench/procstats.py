@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,6 +44,38 @@ def rss_kb(pid: int) -> int | None:
     return None
 
 
+def wait_seconds(pid: int) -> float | None:
+    """How long the process's threads have been runnable but not running, i.e. waiting for a
+    CPU (the kernel's run delay, /proc/PID/task/*/schedstat); None when it is gone or the
+    kernel keeps no schedstat. Threads that already exited are not counted."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total_ns, seen = 0, False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total_ns += int(f.read().split()[1])  # on CPU, waiting on a run queue, slices
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+        seen = True
+    return total_ns / 1e9 if seen else None
+
+
+def cpu_pressure_seconds() -> float | None:
+    """The machine's CPU pressure so far: total time in which at least one runnable task waited
+    for a CPU (/proc/pressure/cpu, "some"); None where the kernel has no PSI."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            for line in f:
+                if line.startswith("some "):
+                    return int(line.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
 def machine_ticks() -> tuple[int, int] | None:
     """(busy, total) CPU ticks of the whole machine since boot, every CPU and every process (the
     load generator's too), from /proc/stat; None where there is none."""
@@ -62,14 +94,25 @@ def machine_ticks() -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class CpuSnapshot:
-    """CPU seconds used so far by each server process, and the machine's ticks."""
+    """CPU seconds used so far by each server process, and the machine's ticks; the seconds
+    each process waited for a CPU, and the machine's CPU pressure (None: not known here)."""
 
     processes: dict[str, float]
     machine: tuple[int, int] | None
+    waits: dict[str, float | None] = field(default_factory=dict)
+    pressure_s: float | None = None
 
 
 def cpu_snapshot(procs: list[ServerProcess]) -> CpuSnapshot:
-    return CpuSnapshot({p.name: cpu_seconds(p.pid) or 0.0 for p in procs}, machine_ticks())
+    return CpuSnapshot({p.name: cpu_seconds(p.pid) or 0.0 for p in procs}, machine_ticks(),
+                       {p.name: wait_seconds(p.pid) for p in procs}, cpu_pressure_seconds())
+
+
+def share_pct(before: float | None, after: float | None, window_s: float) -> float | None:
+    """Seconds accrued between two readings, in % of the window (None when either is unknown)."""
+    if before is None or after is None or window_s <= 0:
+        return None
+    return round(100 * max(0.0, after - before) / window_s, 1)
 
 
 def machine_busy_pct(before: CpuSnapshot, after: CpuSnapshot) -> float | None:

@@ -11,6 +11,9 @@ BUSY_PCT = 90.0
 # A load generator whose own event loop ran this late (p99) read its deliveries that late: the
 # latency it measured includes its own wait, not only the cluster's.
 LOADGEN_LAG_MS = 10.0
+# A server process that waited for a CPU this share of a step (runnable, not running) spent that
+# time in no queue of its own: the step's latency includes it.
+WAIT_PCT = 10.0
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -76,12 +79,43 @@ def lag_table(steps: list[Result]) -> str | None:
                      "gen lag"], rows))
 
 
+def wait_table(steps: list[Result]) -> str | None:
+    """Per step, the share of it each server process and the load generator (per worker) waited
+    for a CPU, and the machine's CPU pressure (some task waiting); None when nothing was read."""
+    names = sorted({p["name"] for s in steps for p in s["servers"]["processes"] if p.get("wait_pct") is not None})
+    if not names:
+        return None
+    rows = []
+    for s in steps:
+        waits = {p["name"]: p.get("wait_pct") for p in s["servers"]["processes"]}
+        rows.append([s["k"], s["latency_ms"]["p99"], s["servers"].get("machine_cpu_pressure_pct"),
+                     *(waits.get(n) for n in names), s.get("loadgen_wait_pct")])
+    return ("waiting for a CPU, % of each step: the machine (some task waiting), each server process, "
+            "the load generator (per worker):\n"
+            + table(["step", "p99 ms", "machine", *(f"{n} wait" for n in names), "gen wait"], rows))
+
+
+def wait_note(steps: list[Result]) -> str | None:
+    """A warning naming the steps in which a server process waited long for a CPU."""
+    slow = []
+    for s in steps:
+        worst = max((p for p in s["servers"]["processes"] if p.get("wait_pct") is not None),
+                    key=lambda p: p["wait_pct"], default=None)
+        if worst is not None and worst["wait_pct"] >= WAIT_PCT:
+            slow.append(f"{s['k']} ({worst['name']} {worst['wait_pct']} %)")
+    if not slow:
+        return None
+    return (f"server processes waited for a CPU at least {WAIT_PCT:.0f} % of step {', '.join(slow)}: "
+            "the machine has fewer cores than its processes want, and that wait is part of the latency")
+
+
 def processes_table(servers: Result, title: str) -> str:
-    rows = [[p["name"], p["pid"], p["cpu_s"], p["cpu_pct"], _mib(p["rss_kb"])] for p in servers["processes"]]
+    rows = [[p["name"], p["pid"], p["cpu_s"], p["cpu_pct"], p.get("wait_pct"), _mib(p["rss_kb"])]
+            for p in servers["processes"]]
     busy = servers.get("machine_busy_pct")
     if busy is not None:
         title = f"{title.removesuffix(':')} (machine {busy} % busy):"
-    return f"{title}\n" + table(["process", "pid", "CPU s", "CPU %", "RSS MiB"], rows)
+    return f"{title}\n" + table(["process", "pid", "CPU s", "CPU %", "wait %", "RSS MiB"], rows)
 
 
 def render(result: Result) -> str:
@@ -94,7 +128,8 @@ def render(result: Result) -> str:
     if scenario in ("fanout", "stream"):
         steps = result["steps"]
         out.append(steps_table(steps))
-        for note in (busy_note(steps, "step"), loadgen_lag_note(steps), lag_table(steps)):
+        for note in (busy_note(steps, "step"), loadgen_lag_note(steps), lag_table(steps),
+                     wait_note(steps), wait_table(steps)):
             if note:
                 out.append(note)
         if steps:

@@ -23,7 +23,14 @@ from typing import Any
 
 from services.bench.histogram import Histogram
 from services.bench.options import BenchOptions
-from services.bench.procstats import CpuSnapshot, ServerProcess, cpu_snapshot, machine_busy_pct, rss_snapshot
+from services.bench.procstats import (
+    CpuSnapshot,
+    ServerProcess,
+    cpu_snapshot,
+    machine_busy_pct,
+    rss_snapshot,
+    share_pct,
+)
 from services.bench.protocol import (
     ClientSpec,
     Connect,
@@ -147,19 +154,22 @@ class Run:
 
     def servers(self, cpu0: CpuSnapshot, cpu1: CpuSnapshot, window_s: float,
                 deliveries: int | None) -> Result:
-        """CPU (seconds, % of one core) over the window and RSS now, per server process; and how
-        busy the whole machine was (its load generator included)."""
+        """CPU (seconds, % of one core) over the window, the share of it each process waited for
+        a CPU, and RSS now, per server process; how busy the whole machine was (its load
+        generator included) and the share of the window in which anything waited for a CPU."""
         rss = rss_snapshot(self.t.processes)
         rows: list[Result] = []
         for p in self.t.processes:
             used = cpu1.processes.get(p.name, 0.0) - cpu0.processes.get(p.name, 0.0)
             rows.append({"name": p.name, "tier": p.tier, "pid": p.pid, "cpu_s": round(used, 3),
                          "cpu_pct": round(100 * used / window_s, 1) if window_s > 0 else None,
+                         "wait_pct": share_pct(cpu0.waits.get(p.name), cpu1.waits.get(p.name), window_s),
                          "rss_kb": rss[p.name]})
         total = sum(float(r["cpu_s"]) for r in rows)
         return {"processes": rows, "cpu_s": round(total, 3),
                 "cpu_us_per_delivery": round(1e6 * total / deliveries, 2) if deliveries else None,
-                "machine_busy_pct": machine_busy_pct(cpu0, cpu1)}
+                "machine_busy_pct": machine_busy_pct(cpu0, cpu1),
+                "machine_cpu_pressure_pct": share_pct(cpu0.pressure_s, cpu1.pressure_s, window_s)}
 
     # ---- fanout ------------------------------------------------------------------------------
 
@@ -221,6 +231,7 @@ class Run:
         """The second half of a step: what was sent, what each worker must receive, what it got."""
         o = self.o
         cpu0, lg0, t0 = cpu_snapshot(self.t.processes), self.pool.cpu_seconds(), time.monotonic()
+        lgw0 = self.pool.wait_seconds()
         hist0 = self.t.histograms()
         sent = self.pool.gather(Sent, o.duration_s + 120)
         sent_by_pub = {p: n for r in sent for p, n in r.sent.items()}
@@ -229,7 +240,7 @@ class Run:
         for wid, n in enumerate(expected):
             self.pool.send(wid, Expect(n, deadline))
         stats = self.pool.gather(StepStats, o.drain_s + 60)
-        cpu1, window = cpu_snapshot(self.t.processes), time.monotonic() - t0
+        cpu1, lgw1, window = cpu_snapshot(self.t.processes), self.pool.wait_seconds(), time.monotonic() - t0
         hist1 = self.t.histograms()
         self.pool.broadcast(Quiesce(max_s=5.0, quiet_s=0.5))
         quiet = self.pool.gather(Quiet, 80)
@@ -238,6 +249,7 @@ class Run:
         s["reconnected"] = sum(q.reconnected for q in quiet)
         s["servers"] = self.servers(cpu0, cpu1, window, s["received"])
         s["loadgen_cpu_s"] = round(self.pool.cpu_seconds() - lg0, 2)
+        s["loadgen_wait_pct"] = share_pct(lgw0, lgw1, window)  # per worker, on average
         s["server_loop_lag_p99_ms"] = between(hist0, hist1, "event_loop_lag_seconds")
         s["edge_delivery_p99_ms"] = between(hist0, hist1, "edge_delivery_latency_seconds")
         s["fail_reasons"] = fail_reasons(s, o.p99_limit_ms)

@@ -11,7 +11,7 @@ from multiprocessing.context import SpawnProcess
 from typing import TypeVar
 
 from services.bench.loadgen import worker_main
-from services.bench.procstats import cpu_seconds
+from services.bench.procstats import cpu_seconds, wait_seconds
 from services.bench.protocol import Close, Closed, Command, Failed, Reply, WorkerConfig
 
 R = TypeVar("R", bound=Reply)
@@ -63,6 +63,12 @@ class WorkerPool:
 
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(p.pid) or 0.0 for p in self.procs if p.pid is not None)
+
+    def wait_seconds(self) -> float | None:
+        """Time the workers waited for a CPU so far, per worker on average (None: not known)."""
+        waits = [wait_seconds(p.pid) for p in self.procs if p.pid is not None]
+        known = [w for w in waits if w is not None]
+        return sum(known) / len(known) if known else None
 
     def stop(self, grace_s: float = 3.0) -> None:
         """Ask every worker to close its connections; then SIGTERM, then SIGKILL, each by pid."""

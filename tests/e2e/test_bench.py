@@ -89,6 +89,10 @@ def test_fanout_on_a_cluster_it_starts_counts_every_delivery_and_stops_the_clust
     inside = step["edge_delivery_p99_ms"]
     assert set(inside) == {"edge-1", "edge-2"} and all(v is not None and v > 0 for v in inside.values())
     assert "edge-1 deliv" in table and "router-1 lag" in table and "gen lag" in table
+    # and how long each process waited for a CPU in the step (the kernel's run delay)
+    waits = {p["name"]: p["wait_pct"] for p in step["servers"]["processes"]}
+    assert set(waits) == CLUSTER_NAMES and all(w is not None and w >= 0 for w in waits.values())
+    assert step["loadgen_wait_pct"] is not None and "edge-1 wait" in table and "gen wait" in table
     assert "edge-1" in table
     assert "cluster up" in stderr and "step 1" in stderr
     # the cluster it started is gone

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import time
 
 import pytest
 
 from services.bench.histogram import Histogram, bucket_of, bucket_upper_us
-from services.bench.procstats import CpuSnapshot, machine_busy_pct
-from services.bench.report import busy_note, loadgen_lag_note
+from services.bench.procstats import CpuSnapshot, cpu_pressure_seconds, machine_busy_pct, share_pct, wait_seconds
+from services.bench.report import busy_note, loadgen_lag_note, wait_note, wait_table
 from services.bench.scenarios import Plan, p99_ms
 from services.bench.target import histogram_buckets
 
@@ -69,6 +73,55 @@ def test_steps_whose_load_generator_read_late_are_named_with_its_lag() -> None:
     note = loadgen_lag_note(steps)
     assert note is not None and "in step 2 (31.5 ms):" in note and "1.2" not in note
     assert loadgen_lag_note(steps[:1]) is None
+
+
+def _spinner(cpu: int) -> subprocess.Popen[bytes]:
+    """A process that keeps one CPU busy for up to 20 s (killed sooner by the test)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass"],
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+
+
+def test_three_processes_on_one_cpu_each_wait_for_it_and_a_sleeping_one_does_not() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    pressure0 = cpu_pressure_seconds()
+    spinners = [_spinner(cpu) for _ in range(3)]
+    sleeper = subprocess.Popen(["sleep", "20"])
+    try:
+        time.sleep(1.5)
+        waits = [wait_seconds(p.pid) for p in spinners]
+        slept = wait_seconds(sleeper.pid)
+        pressure1 = cpu_pressure_seconds()
+    finally:
+        for p in [*spinners, sleeper]:
+            p.kill()
+            p.wait()
+    # each runs about a third of the time and waits two thirds (more if anything else wants the
+    # CPU): about 1 s of the 1.5, where the time it ran would be about 0.5 s
+    assert all(w is not None and 0.75 < w < 1.7 for w in waits), waits
+    assert slept is not None and slept < 0.1
+    if pressure0 is not None:  # a kernel with PSI: something waited for a CPU all along
+        assert pressure1 is not None and pressure1 - pressure0 > 0.3
+    assert wait_seconds(spinners[0].pid) is None  # gone (and reaped)
+
+
+def test_the_share_of_a_step_spent_waiting_is_named_where_a_server_process_waited_long() -> None:
+    assert share_pct(2.0, 2.5, 10.0) == 5.0
+    assert share_pct(None, 2.5, 10.0) is None and share_pct(2.0, 2.5, 0.0) is None
+
+    def step(k: int, waits: dict[str, float | None]) -> dict[str, object]:
+        return {"k": k, "latency_ms": {"p99": 40.0}, "loadgen_wait_pct": 30.0,
+                "servers": {"machine_cpu_pressure_pct": 60.0,
+                            "processes": [{"name": n, "wait_pct": w} for n, w in waits.items()]}}
+
+    steps = [step(1, {"edge-1": 2.0, "router-1": 1.0}), step(2, {"edge-1": 41.5, "router-1": 12.0}),
+             step(3, {"edge-1": None, "router-1": None})]
+    note = wait_note(steps)
+    assert note is not None and "of step 2 (edge-1 41.5 %):" in note
+    assert wait_note(steps[:1]) is None and wait_note(steps[2:]) is None
+    table = wait_table(steps)
+    assert table is not None and "edge-1 wait" in table and "gen wait" in table and "41.5" in table
+    assert wait_table(steps[2:]) is None  # nothing was read: no table
 
 
 def test_a_servers_p99_is_read_from_the_buckets_it_exported_between_two_scrapes() -> None:
