@@ -14,6 +14,9 @@ LOADGEN_LAG_MS = 10.0
 # A server process that waited for a CPU this share of a step (runnable, not running) spent that
 # time in no queue of its own: the step's latency includes it.
 WAIT_PCT = 10.0
+# A load generator worker on a CPU or waiting for one this share of a step had no time to spare:
+# it read late because it could not keep up, and the step measured it as much as the cluster.
+LOADGEN_SATURATED_PCT = 90.0
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -89,10 +92,10 @@ def wait_table(steps: list[Result]) -> str | None:
     for s in steps:
         waits = {p["name"]: p.get("wait_pct") for p in s["servers"]["processes"]}
         rows.append([s["k"], s["latency_ms"]["p99"], s["servers"].get("machine_cpu_pressure_pct"),
-                     *(waits.get(n) for n in names), s.get("loadgen_wait_pct")])
+                     *(waits.get(n) for n in names), s.get("loadgen_wait_pct"), s.get("loadgen_cpu_pct")])
     return ("waiting for a CPU, % of each step: the machine (some task waiting), each server process, "
-            "the load generator (per worker):\n"
-            + table(["step", "p99 ms", "machine", *(f"{n} wait" for n in names), "gen wait"], rows))
+            "the load generator (per worker, beside its own CPU %):\n"
+            + table(["step", "p99 ms", "machine", *(f"{n} wait" for n in names), "gen wait", "gen CPU"], rows))
 
 
 def wait_note(steps: list[Result]) -> str | None:
@@ -107,6 +110,21 @@ def wait_note(steps: list[Result]) -> str | None:
         return None
     return (f"server processes waited for a CPU at least {WAIT_PCT:.0f} % of step {', '.join(slow)}: "
             "the machine has fewer cores than its processes want, and that wait is part of the latency")
+
+
+def loadgen_saturated_note(steps: list[Result]) -> str | None:
+    """A warning naming the steps whose load generator workers were runnable nearly all along."""
+    full = []
+    for s in steps:
+        on, wait = s.get("loadgen_cpu_pct"), s.get("loadgen_wait_pct")
+        if on is not None and wait is not None and on + wait >= LOADGEN_SATURATED_PCT:
+            full.append(f"{s['k']} ({on} % on a CPU + {wait} % waiting for one)")
+    if not full:
+        return None
+    return (f"the load generator's workers were running or waiting for a CPU at least "
+            f"{LOADGEN_SATURATED_PCT:.0f} % of step {', '.join(full)}: they could not keep up, so "
+            "that step measured the load generator as much as the cluster (give it more workers, "
+            "other cores or another machine)")
 
 
 def processes_table(servers: Result, title: str) -> str:
@@ -129,7 +147,7 @@ def render(result: Result) -> str:
         steps = result["steps"]
         out.append(steps_table(steps))
         for note in (busy_note(steps, "step"), loadgen_lag_note(steps), lag_table(steps),
-                     wait_note(steps), wait_table(steps)):
+                     wait_note(steps), loadgen_saturated_note(steps), wait_table(steps)):
             if note:
                 out.append(note)
         if steps:

@@ -240,7 +240,8 @@ class Run:
         for wid, n in enumerate(expected):
             self.pool.send(wid, Expect(n, deadline))
         stats = self.pool.gather(StepStats, o.drain_s + 60)
-        cpu1, lgw1, window = cpu_snapshot(self.t.processes), self.pool.wait_seconds(), time.monotonic() - t0
+        cpu1, lg1, lgw1 = cpu_snapshot(self.t.processes), self.pool.cpu_seconds(), self.pool.wait_seconds()
+        window = time.monotonic() - t0
         hist1 = self.t.histograms()
         self.pool.broadcast(Quiesce(max_s=5.0, quiet_s=0.5))
         quiet = self.pool.gather(Quiet, 80)
@@ -248,8 +249,10 @@ class Run:
         s["late_after_drain"] = sum(q.stale for q in quiet)
         s["reconnected"] = sum(q.reconnected for q in quiet)
         s["servers"] = self.servers(cpu0, cpu1, window, s["received"])
-        s["loadgen_cpu_s"] = round(self.pool.cpu_seconds() - lg0, 2)
-        s["loadgen_wait_pct"] = share_pct(lgw0, lgw1, window)  # per worker, on average
+        s["loadgen_cpu_s"] = round(lg1 - lg0, 2)
+        # per worker, on average: on a CPU, and waiting for one (together: how saturated it was)
+        s["loadgen_cpu_pct"] = share_pct(lg0 / self.pool.size, lg1 / self.pool.size, window)
+        s["loadgen_wait_pct"] = share_pct(lgw0, lgw1, window)
         s["server_loop_lag_p99_ms"] = between(hist0, hist1, "event_loop_lag_seconds")
         s["edge_delivery_p99_ms"] = between(hist0, hist1, "edge_delivery_latency_seconds")
         s["fail_reasons"] = fail_reasons(s, o.p99_limit_ms)

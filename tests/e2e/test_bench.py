@@ -93,6 +93,7 @@ def test_fanout_on_a_cluster_it_starts_counts_every_delivery_and_stops_the_clust
     waits = {p["name"]: p["wait_pct"] for p in step["servers"]["processes"]}
     assert set(waits) == CLUSTER_NAMES and all(w is not None and w >= 0 for w in waits.values())
     assert step["loadgen_wait_pct"] is not None and "edge-1 wait" in table and "gen wait" in table
+    assert 0 < step["loadgen_cpu_pct"] <= 100 and "gen CPU" in table
     assert "edge-1" in table
     assert "cluster up" in stderr and "step 1" in stderr
     # the cluster it started is gone

@@ -12,7 +12,7 @@ import pytest
 
 from services.bench.histogram import Histogram, bucket_of, bucket_upper_us
 from services.bench.procstats import CpuSnapshot, cpu_pressure_seconds, machine_busy_pct, share_pct, wait_seconds
-from services.bench.report import busy_note, loadgen_lag_note, wait_note, wait_table
+from services.bench.report import busy_note, loadgen_lag_note, loadgen_saturated_note, wait_note, wait_table
 from services.bench.scenarios import Plan, p99_ms
 from services.bench.target import histogram_buckets
 
@@ -110,7 +110,7 @@ def test_the_share_of_a_step_spent_waiting_is_named_where_a_server_process_waite
     assert share_pct(None, 2.5, 10.0) is None and share_pct(2.0, 2.5, 0.0) is None
 
     def step(k: int, waits: dict[str, float | None]) -> dict[str, object]:
-        return {"k": k, "latency_ms": {"p99": 40.0}, "loadgen_wait_pct": 30.0,
+        return {"k": k, "latency_ms": {"p99": 40.0}, "loadgen_wait_pct": 30.0, "loadgen_cpu_pct": 50.0,
                 "servers": {"machine_cpu_pressure_pct": 60.0,
                             "processes": [{"name": n, "wait_pct": w} for n, w in waits.items()]}}
 
@@ -122,6 +122,16 @@ def test_the_share_of_a_step_spent_waiting_is_named_where_a_server_process_waite
     table = wait_table(steps)
     assert table is not None and "edge-1 wait" in table and "gen wait" in table and "41.5" in table
     assert wait_table(steps[2:]) is None  # nothing was read: no table
+
+
+def test_steps_whose_load_generator_could_not_keep_up_are_named() -> None:
+    steps = [{"k": 1, "loadgen_cpu_pct": 40.0, "loadgen_wait_pct": 20.0},
+             {"k": 2, "loadgen_cpu_pct": 63.0, "loadgen_wait_pct": 35.5},
+             {"k": 3, "loadgen_cpu_pct": 70.0, "loadgen_wait_pct": None}]
+    note = loadgen_saturated_note(steps)
+    assert note is not None and "of step 2 (63.0 % on a CPU + 35.5 % waiting for one):" in note
+    assert "step 1" not in note and "3 (" not in note
+    assert loadgen_saturated_note(steps[:1]) is None
 
 
 def test_a_servers_p99_is_read_from_the_buckets_it_exported_between_two_scrapes() -> None:
