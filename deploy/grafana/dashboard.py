@@ -76,6 +76,12 @@ def saturation(tier: str) -> list[timeseries.Panel]:
               [(quantile(0.99, "event_loop_lag_seconds", tier, by="instance"), "{{instance}}")],
               "How late each process's event loop runs a timer: time waiting for a core, or behind "
               "callbacks that did not yield. Everything on that process is delayed by as much."),
+        panel(f"{tier}: waiting for a CPU", "percentunit",
+              [(f'sum by (instance) (rate(process_cpu_wait_seconds_total{{{sel(tier)}}}[{RATE}]))',
+                "{{instance}}")],
+              "Share of the time the process's threads were runnable but waited for a CPU (the "
+              "kernel's run delay): other processes on the node had the cores. With the loop lag "
+              "above: lag with little wait is the process's own callbacks; lag with wait is the node."),
     ]
 
 

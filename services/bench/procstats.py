@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from services.common.telemetry import run_delays_ns
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -45,22 +47,10 @@ def rss_kb(pid: int) -> int | None:
 
 
 def wait_seconds(pid: int) -> float | None:
-    """How long the process's threads have been runnable but not running, i.e. waiting for a
-    CPU (the kernel's run delay, /proc/PID/task/*/schedstat); None when it is gone or the
-    kernel keeps no schedstat. Threads that already exited are not counted."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    total_ns, seen = 0, False
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total_ns += int(f.read().split()[1])  # on CPU, waiting on a run queue, slices
-        except (OSError, IndexError, ValueError):
-            continue  # the thread ended meanwhile
-        seen = True
-    return total_ns / 1e9 if seen else None
+    """How long the process's live threads have waited for a CPU (runnable, not running), in
+    seconds; None when it is gone or the kernel keeps no schedstat."""
+    delays = run_delays_ns(pid)
+    return None if delays is None else sum(delays.values()) / 1e9
 
 
 def cpu_pressure_seconds() -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from bisect import bisect_left
@@ -18,7 +19,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
@@ -165,10 +166,70 @@ def loop_lag_metric(registry: CollectorRegistry, interval_s: float = LAG_INTERVA
     return LoopLag(h.observe, interval_s)
 
 
+def run_delays_ns(pid: int | str = "self") -> dict[str, int] | None:
+    """Per thread of the process, how long it has been runnable but not running, i.e. waiting
+    for a CPU (the kernel's run delay, /proc/PID/task/TID/schedstat), in ns; None when the
+    process is gone or the kernel keeps no schedstat."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    out: dict[str, int] = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[1])  # time on a CPU, waiting on a run queue, slices
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return out or None
+
+
+class RunDelay:
+    """The run delay of all of a process's threads so far, kept monotonic: what a thread had
+    waited stays counted after it exits (a counter must not go down)."""
+
+    def __init__(self, pid: int | str = "self") -> None:
+        self._pid = pid
+        self._last: dict[str, int] = {}
+        self._gone_ns = 0
+
+    def update(self, now: dict[str, int]) -> int:
+        """The total in ns, given each live thread's run delay now."""
+        self._gone_ns += sum(ns for tid, ns in self._last.items() if tid not in now)
+        self._last = dict(now)
+        return self._gone_ns + sum(now.values())
+
+    def seconds(self) -> float | None:
+        now = run_delays_ns(self._pid)
+        return None if now is None else self.update(now) / 1e9
+
+
+class CpuWaitCollector(Collector):
+    """`process_cpu_wait_seconds_total`: how long the process's threads were runnable but
+    waiting for a CPU. Beside `event_loop_lag_seconds` it tells the node from the code: a late
+    loop that also waits for a CPU lacks cores; one that does not runs long callbacks. Nothing
+    is exported where the kernel keeps no schedstat."""
+
+    def __init__(self, registry: CollectorRegistry, pid: int | str = "self") -> None:
+        self._delay = RunDelay(pid)
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # not known before the first read: whether the kernel keeps schedstat
+
+    def collect(self) -> Iterator[Metric]:
+        waited = self._delay.seconds()
+        if waited is not None:
+            yield CounterMetricFamily(
+                "process_cpu_wait_seconds", "Time the process's threads were runnable but waiting "
+                "for a CPU (the kernel's run delay)", value=waited)
+
+
 def new_registry() -> CollectorRegistry:
-    """The process's registry, with process_* (CPU, memory, fds) and python_info on it."""
+    """The process's registry, with process_* (CPU, CPU wait, memory, fds) and python_info."""
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
+    CpuWaitCollector(registry)
     PlatformCollector(registry=registry)
     return registry
 

@@ -43,7 +43,7 @@ CONTRACT = {
     "history_store_duration_seconds", "history_store_errors_total", "history_trimmed_events_total",
     "grpc_server_handled_total", "grpc_server_handling_seconds", "grpc_client_handled_total",
     "grpc_client_handling_seconds",
-    "event_loop_lag_seconds",
+    "event_loop_lag_seconds", "process_cpu_wait_seconds_total",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
     "process_virtual_memory_bytes", "process_max_fds", "process_start_time_seconds",
 }
@@ -142,6 +142,7 @@ def test_a_row_per_tier_each_with_traffic_errors_latency_and_saturation(board: d
         text = " ".join(exprs)
         assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text, row
         assert "event_loop_lag_seconds" in text, f"{row}: saturation of its event loops"
+        assert "process_cpu_wait_seconds_total" in text, f"{row}: time its processes waited for a CPU"
         assert "histogram_quantile(0.99" in text, f"{row}: latency"
         titles = " ".join(p["title"] for p in rows[row]).lower()
         assert "error" in titles, f"{row}: errors"

@@ -35,4 +35,4 @@ def test_every_metric_of_the_dashboard_and_alerts_is_exported(cluster: DevCluste
         own = {name for name in used if name.startswith(f"{role}_")}
         assert own <= exported[role], f"{role} lacks {sorted(own - exported[role])}"
         assert {"process_cpu_seconds_total", "process_resident_memory_bytes",
-                "event_loop_lag_seconds"} <= exported[role]
+                "event_loop_lag_seconds", "process_cpu_wait_seconds_total"} <= exported[role]

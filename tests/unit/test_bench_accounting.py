@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,6 +13,7 @@ from services.bench.procstats import CpuSnapshot, cpu_pressure_seconds, machine_
 from services.bench.report import busy_note, loadgen_lag_note, loadgen_saturated_note, wait_note, wait_table
 from services.bench.scenarios import Plan, p99_ms
 from services.bench.target import histogram_buckets
+from tests.support.cpu import spinners_on_one_cpu
 
 
 def test_every_value_falls_in_a_bucket_whose_bound_is_at_most_a_thirtysecond_above_it() -> None:
@@ -75,27 +74,18 @@ def test_steps_whose_load_generator_read_late_are_named_with_its_lag() -> None:
     assert loadgen_lag_note(steps[:1]) is None
 
 
-def _spinner(cpu: int) -> subprocess.Popen[bytes]:
-    """A process that keeps one CPU busy for up to 20 s (killed sooner by the test)."""
-    return subprocess.Popen(
-        [sys.executable, "-c", "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass"],
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
-
-
 def test_three_processes_on_one_cpu_each_wait_for_it_and_a_sleeping_one_does_not() -> None:
-    cpu = min(os.sched_getaffinity(0))
     pressure0 = cpu_pressure_seconds()
-    spinners = [_spinner(cpu) for _ in range(3)]
     sleeper = subprocess.Popen(["sleep", "20"])
     try:
-        time.sleep(1.5)
-        waits = [wait_seconds(p.pid) for p in spinners]
-        slept = wait_seconds(sleeper.pid)
-        pressure1 = cpu_pressure_seconds()
+        with spinners_on_one_cpu(3) as spinners:
+            time.sleep(1.5)
+            waits = [wait_seconds(p.pid) for p in spinners]
+            slept = wait_seconds(sleeper.pid)
+            pressure1 = cpu_pressure_seconds()
     finally:
-        for p in [*spinners, sleeper]:
-            p.kill()
-            p.wait()
+        sleeper.kill()
+        sleeper.wait()
     # each runs about a third of the time and waits two thirds (more if anything else wants the
     # CPU): about 1 s of the 1.5, where the time it ran would be about 0.5 s
     assert all(w is not None and 0.75 < w < 1.7 for w in waits), waits
