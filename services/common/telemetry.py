@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
@@ -186,18 +187,22 @@ def run_delays_ns(pid: int | str = "self") -> dict[str, int] | None:
 
 class RunDelay:
     """The run delay of all of a process's threads so far, kept monotonic: what a thread had
-    waited stays counted after it exits (a counter must not go down)."""
+    waited stays counted after it exits (a counter must not go down). Scrapes may read it from
+    several threads at once."""
 
     def __init__(self, pid: int | str = "self") -> None:
         self._pid = pid
         self._last: dict[str, int] = {}
         self._gone_ns = 0
+        self._lock = threading.Lock()
 
     def update(self, now: dict[str, int]) -> int:
-        """The total in ns, given each live thread's run delay now."""
-        self._gone_ns += sum(ns for tid, ns in self._last.items() if tid not in now)
-        self._last = dict(now)
-        return self._gone_ns + sum(now.values())
+        """The total in ns, given each live thread's run delay now. A thread id seen with less
+        than before is a new thread that reused it: the old one's delay stays counted."""
+        with self._lock:
+            self._gone_ns += sum(ns for tid, ns in self._last.items() if now.get(tid, -1) < ns)
+            self._last = dict(now)
+            return self._gone_ns + sum(now.values())
 
     def seconds(self) -> float | None:
         now = run_delays_ns(self._pid)

@@ -33,12 +33,13 @@ def test_a_process_that_shares_its_cpu_with_two_others_waits_about_two_thirds_of
     assert 0.75 < grown < 1.7, grown
 
 
-def test_what_an_ended_thread_waited_stays_counted() -> None:
+def test_what_an_ended_thread_waited_stays_counted_even_when_its_id_is_reused() -> None:
     delay = RunDelay()
     assert delay.update({"1": 10, "2": 5}) == 15
     assert delay.update({"1": 12}) == 17  # thread 2 ended: its 5 ns stay
     assert delay.update({"1": 12, "3": 1}) == 18
-    assert delay.update({}) == 18
+    assert delay.update({"1": 2, "3": 1}) == 20  # a new thread got id 1: the old one's 12 stay
+    assert delay.update({}) == 20
 
 
 def test_every_tiers_registry_exports_it_and_it_does_not_drop_when_a_thread_ends() -> None:
