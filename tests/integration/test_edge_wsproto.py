@@ -563,6 +563,11 @@ async def test_every_frame_a_fan_out_writes_is_counted_with_its_bytes_and_latenc
     bytes and delivery latencies on /metrics are still one per frame a client received."""
     edge = await make_edge()
     clients = [await authenticated(edge, sid, tu, raws) for _ in range(6)]
+    # alice's presence is announced once, to every client subscribed by then (and counted with a
+    # latency, in another lane): the first client hears it, so it is written before we count
+    async with asyncio.timeout(10 * tu):
+        while json.loads(await clients[0].until(0x1)).get("type") != "presence_join":
+            pass
     durable = 'edge_frames_out_total{lane="durable"}'
     sent = 'edge_bytes_out_total{lane="durable"}'
     latencies = "edge_delivery_latency_seconds_count"
