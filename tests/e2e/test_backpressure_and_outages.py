@@ -24,23 +24,23 @@ async def test_slow_reader_is_closed_4008_and_others_get_everything(cluster, cli
     await fast.connect()
     await sender.connect()
     slow = RawWebSocket(edge0.port, f"/api/ws/chat/{sid}", timeout_s=60 * tu)
-    slow.send_json({"token": token_for(cluster, "slow", [sid])})
-    assert json.loads(slow.recv_frame()[1])["success"] is True
-    # ...and from now on `slow` reads nothing while 10,000 messages of 1 kB flow to its session.
-    pad = "x" * 1000
-    for start in range(0, N, BATCH):
-        await sender.send("batch", {"messages": [
-            {"type": "chat_message", "payload": {"content": f"{i} {pad}"}} for i in range(start, start + BATCH)]})
-    # Once its queue overflowed, the slow reader resumes: it must find the 4008 close after
-    # what it was sent.
-    await _wait_metric(edge0.port, "edge_send_queue_overflows_total 1.0", 60 * tu)
-    reading = asyncio.create_task(asyncio.to_thread(slow.read_until_close))
-    got = await collect(fast, N, {"chat_message"}, 60 * tu)
-    assert [int(e["payload"]["content"].split()[0]) for e in got] == list(range(N))
-    offsets = [e["offset"] for e in got]
-    assert offsets == sorted(set(offsets))
+    try:  # closed however the test ends: a failure must not leave it to the collector
+        slow.send_json({"token": token_for(cluster, "slow", [sid])})
+        assert json.loads(slow.recv_frame()[1])["success"] is True
+        # ...and from now on `slow` reads nothing while 10,000 messages of 1 kB flow to its session.
+        pad = "x" * 1000
+        for start in range(0, N, BATCH):
+            await sender.send("batch", {"messages": [
+                {"type": "chat_message", "payload": {"content": f"{i} {pad}"}} for i in range(start, start + BATCH)]})
+        # Once its queue overflowed, the slow reader resumes: it must find the 4008 close after
+        # what it was sent.
+        await _wait_metric(edge0.port, "edge_send_queue_overflows_total 1.0", 60 * tu)
+        reading = asyncio.create_task(asyncio.to_thread(slow.read_until_close))
+        got = await collect(fast, N, {"chat_message"}, 60 * tu)
+        assert [int(e["payload"]["content"].split()[0]) for e in got] == list(range(N))
+        offsets = [e["offset"] for e in got]
+        assert offsets == sorted(set(offsets))
 
-    try:
         frames = await reading
     finally:
         slow.close()
