@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     store_timeout_s: float = 2.0
     store_max_connections: int = 64
     store_pool_wait_s: float = 2.0  # a call waits this long for a pooled connection, then "busy"
+    store_append_pipe: bool = True  # the owning router appends over a pipelined connection of its own (redis:// only)
 
     # auth
     jwt_secret: str = ""

@@ -105,7 +105,7 @@ async def _appends(settings: Settings, backend: Backend, members: MembershipStor
     """Where the owner's appends go (`append_via`): the store, with history's write path in this
     process (no history hop), or a history node."""
     if settings.append_via == "store":
-        store = build_stream_store(backend, stream_limits(settings))
+        store = build_stream_store(backend, stream_limits(settings), piped_appends=settings.store_append_pipe)
         return DirectAppends(StreamWriter(store, HistoryMetrics(registry)), timeout_s=settings.rpc_timeout_s)
     histories = MemberWatcher(members, "history", poll_s=settings.membership_poll_s)
     history = HistoryClient(histories, service_token=settings.service_token,

@@ -56,9 +56,11 @@ async def _send_and_check(cluster: DevCluster, clients, tu: float, *, senders: i
 async def test_busy_store_pool_keeps_each_senders_order(make_cluster, clients, tu) -> None:
     # One pooled connection and a 0.1 ms wait: whenever two store calls overlap in a router (up
     # to two append calls in flight, the ownership refresh and the lease refresh), the pool is
-    # exhausted, so appends fail as "busy" and are retried.
+    # exhausted, so appends fail as "busy" and are retried. Appends on the pooled client, as
+    # for a rediss:// or unix:// store (with redis://, the router appends over its own pipe).
     cluster = make_cluster(env={"SWITCHBOARD_STORE_MAX_CONNECTIONS": "1",
-                                "SWITCHBOARD_STORE_POOL_WAIT_S": "0.0001"})
+                                "SWITCHBOARD_STORE_POOL_WAIT_S": "0.0001",
+                                "SWITCHBOARD_STORE_APPEND_PIPE": "false"})
     await _send_and_check(cluster, clients, tu, senders=24, per_sender=40)
     busy = _log_lines(cluster, "router", "append_failed", "busy")
     print(f"\nORDER busy-pool appends_failed_busy={busy}")

@@ -33,19 +33,33 @@ def settings_for(url: str, prefix: str, tu: float, **extra: Any) -> Settings:
     return Settings(**{**fields, **extra})
 
 
-@pytest.fixture(params=["memory", "dragonfly"])
+_PIPED: set[int] = set()  # backends whose stream stores append over a pipe (id())
+
+
+def streams(backend: Backend) -> StreamStore:
+    """The stream store as the contract's variant builds it: appends over the router's pipelined
+    connection for "dragonfly-piped", over the pooled client otherwise."""
+    return build_stream_store(backend, LIMITS, piped_appends=id(backend) in _PIPED)
+
+
+@pytest.fixture(params=["memory", "dragonfly", "dragonfly-piped"])
 async def backend(
     request: pytest.FixtureRequest, key_prefix: str, tu: float,
 ) -> AsyncIterator[Backend]:
-    """An opened backend of each kind; the redis-server starts only for the dragonfly runs."""
+    """An opened backend of each kind; the redis-server starts only for the dragonfly runs.
+    "dragonfly-piped" is the same store with appends on a pipelined connection (as the owning
+    router appends)."""
     memory = request.param == "memory"
     url = f"memory://{key_prefix}" if memory else request.getfixturevalue("redis_server").url
     opened = open_backend(settings_for(url, key_prefix, tu))
+    if request.param == "dragonfly-piped":
+        _PIPED.add(id(opened))
     try:
         yield opened
         if opened.redis is not None:
             await lose_data(opened)  # leave nothing behind on a shared SWITCHBOARD_TEST_REDIS_URL
     finally:
+        _PIPED.discard(id(opened))
         await opened.aclose()
 
 
@@ -144,7 +158,7 @@ async def test_stores_opened_on_the_same_url_share_state(backend: Backend, tu: f
     try:
         await build_membership_store(backend).register("edge", "e1", "a1", 30.0)
         await build_ownership_store(backend, ttl_s=60.0).add_edge("e1", ["session:s1"])
-        await build_stream_store(backend, LIMITS).append("session:s1", [ev("m1")], new_epoch="E")
+        await streams(backend).append("session:s1", [ev("m1")], new_epoch="E")
 
         assert await build_membership_store(twin).members("edge") == {"e1": "a1"}
         assert await build_ownership_store(twin, ttl_s=60.0).edges_of("session:s1") == {"e1"}
@@ -210,7 +224,7 @@ async def test_remove_edge_is_idempotent(backend: Backend) -> None:
 
 
 async def test_offsets_start_at_one_and_epoch_is_stable(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     first = await store.append("session:s", [ev("a")], new_epoch="epoch-1")
     second = await store.append("session:s", [ev("b")], new_epoch="epoch-2")
     third = await store.append("session:s", [ev("c")], new_epoch="epoch-3")
@@ -221,7 +235,7 @@ async def test_offsets_start_at_one_and_epoch_is_stable(backend: Backend) -> Non
 
 
 async def test_channels_have_independent_offsets(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await store.append("session:a", [ev("a1"), ev("a2")], new_epoch="EA")
     b = await store.append("session:b", [ev("b1")], new_epoch="EB")
 
@@ -229,7 +243,7 @@ async def test_channels_have_independent_offsets(backend: Backend) -> None:
 
 
 async def test_batch_append_keeps_order_bodies_and_priorities(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     batch = [
         ev("a", b'{"n":1}', priority=1),
         ev("b", '{"n":2,"text":"h\u00e9llo \u2603"}'.encode(), priority=3),
@@ -249,7 +263,7 @@ async def test_batch_append_keeps_order_bodies_and_priorities(backend: Backend) 
 
 
 async def test_concurrent_appends_get_distinct_consecutive_offsets(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     results = await asyncio.gather(*(
         store.append("session:busy", [ev(f"m{i}")], new_epoch=f"epoch-{i}") for i in range(50)
     ))
@@ -262,7 +276,7 @@ async def test_concurrent_appends_get_distinct_consecutive_offsets(backend: Back
 
 
 async def test_append_many_appends_each_channel_atomically_in_one_call(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await store.append("session:a", [ev("a0")], new_epoch="EA")
     results = await store.append_many([
         ("session:a", [ev("a1"), ev("a2")]),
@@ -281,7 +295,7 @@ async def test_append_many_appends_each_channel_atomically_in_one_call(backend: 
 async def test_append_many_carries_any_bytes_whole(backend: Backend) -> None:
     """Bodies, ids and channel names that look like the wire protocol's own framing (CRLF,
     length prefixes), non-ASCII text and a single append in a batch: stored and read back as sent."""
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     tricky = '{"t":"line\r\n*2\r\n$3\r\nSET\r\n","u":"h\u00e9llo \u2603"}'.encode()
     [only] = await store.append_many([("session:\u00e9t\u00e9", [ev("id\r\n\u2603", tricky, 3)])],
                                      new_epoch="E")
@@ -303,7 +317,7 @@ async def test_append_many_carries_any_bytes_whole(backend: Backend) -> None:
 
 
 async def test_duplicate_id_returns_first_offset(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await store.append("session:s", [ev("a", b'{"v":"first"}')], new_epoch="E")
     await store.append("session:s", [ev("b")], new_epoch="E")
 
@@ -319,7 +333,7 @@ async def test_duplicate_id_returns_first_offset(backend: Backend) -> None:
 
 
 async def test_duplicate_within_one_batch(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     result = await store.append("session:s", [ev("a"), ev("b"), ev("a"), ev("c")], new_epoch="E")
 
     assert result.offsets == [1, 2, 1, 3]
@@ -328,7 +342,7 @@ async def test_duplicate_within_one_batch(backend: Backend) -> None:
 
 
 async def test_same_id_on_another_channel_is_not_a_duplicate(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await store.append("session:a", [ev("x"), ev("same")], new_epoch="E")
     other = await store.append("session:b", [ev("same")], new_epoch="E")
 
@@ -343,7 +357,7 @@ async def fill(store: StreamStore, channel: str, n: int) -> None:
 
 
 async def test_read_since_and_limit(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await fill(store, "session:s", 10)
 
     page = await store.read("session:s", 3, 4)
@@ -356,7 +370,7 @@ async def test_read_since_and_limit(backend: Backend) -> None:
 
 
 async def test_read_at_top_is_empty_but_reports_position(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await fill(store, "session:s", 3)
 
     for since in (3, 50):
@@ -365,7 +379,7 @@ async def test_read_at_top_is_empty_but_reports_position(backend: Backend) -> No
 
 
 async def test_read_latest_returns_newest_oldest_first(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await fill(store, "session:s", 10)
 
     assert offsets_of(await store.read("session:s", 0, 3, latest=True)) == [8, 9, 10]
@@ -374,7 +388,7 @@ async def test_read_latest_returns_newest_oldest_first(backend: Backend) -> None
 
 
 async def test_read_with_zero_limit_returns_no_events(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     await fill(store, "session:s", 3)
 
     for latest in (False, True):
@@ -383,9 +397,9 @@ async def test_read_with_zero_limit_returns_no_events(backend: Backend) -> None:
 
 
 async def test_read_unknown_channel(backend: Backend) -> None:
-    read = await build_stream_store(backend, LIMITS).read("session:never", 0, 10)
+    read = await streams(backend).read("session:never", 0, 10)
     assert read == ReadResult(epoch="", top_offset=0, first_offset=0, events=[])
-    latest = await build_stream_store(backend, LIMITS).read("session:never", 0, 10, latest=True)
+    latest = await streams(backend).read("session:never", 0, 10, latest=True)
     assert latest == ReadResult(epoch="", top_offset=0, first_offset=0, events=[])
 
 
@@ -411,7 +425,7 @@ async def test_max_len_trims_oldest_and_first_offset_follows(backend: Backend) -
 
 
 async def test_lost_store_gives_a_new_epoch(backend: Backend) -> None:
-    store = build_stream_store(backend, LIMITS)
+    store = streams(backend)
     before = await store.append("session:s", [ev("a"), ev("b")], new_epoch="epoch-old")
     assert before.epoch == "epoch-old"
 
@@ -431,7 +445,7 @@ async def test_lost_store_gives_a_new_epoch(backend: Backend) -> None:
 async def store_calls(backend: Backend) -> dict[str, Callable[[], Awaitable[object]]]:
     members = build_membership_store(backend)
     owners = build_ownership_store(backend, ttl_s=60.0)
-    streams = build_stream_store(backend, LIMITS)
+    stream_store = streams(backend)
     return {
         "register": lambda: members.register("router", "r1", "a1", 30.0),
         "deregister": lambda: members.deregister("router", "r1"),
@@ -441,10 +455,10 @@ async def store_calls(backend: Backend) -> dict[str, Callable[[], Awaitable[obje
         "remove_edge": lambda: owners.remove_edge("e1", ["session:s"]),
         "edges_of": lambda: owners.edges_of("session:s"),
         "edges_of_many": lambda: owners.edges_of_many(["session:s", "session:t"]),
-        "append": lambda: streams.append("session:s", [ev("a")], new_epoch="E"),
-        "append_many": lambda: streams.append_many([("session:s", [ev("a")])], new_epoch="E"),
-        "read": lambda: streams.read("session:s", 0, 10),
-        "read_latest": lambda: streams.read("session:s", 0, 10, latest=True),
+        "append": lambda: stream_store.append("session:s", [ev("a")], new_epoch="E"),
+        "append_many": lambda: stream_store.append_many([("session:s", [ev("a")])], new_epoch="E"),
+        "read": lambda: stream_store.read("session:s", 0, 10),
+        "read_latest": lambda: stream_store.read("session:s", 0, 10, latest=True),
     }
 
 
@@ -468,9 +482,12 @@ async def test_unreachable_store_raises_store_unavailable(
     closed = open_backend(settings_for(
         f"redis://127.0.0.1:{free_port()}/0", key_prefix, tu, store_timeout_s=0.3 * tu,
     ))
+    if id(backend) in _PIPED:
+        _PIPED.add(id(closed))
     try:
         await assert_all_unavailable(closed, 3.0 * tu)
     finally:
+        _PIPED.discard(id(closed))
         await closed.aclose()
 
 
@@ -482,7 +499,7 @@ async def test_dragonfly_append_many_survives_a_store_that_forgot_its_scripts(
 ) -> None:
     backend = open_backend(settings_for(redis_server.url, key_prefix, tu))
     try:
-        store = build_stream_store(backend, LIMITS)
+        store = streams(backend)
         await store.append_many([("session:x", [ev("x1")]), ("session:y", [ev("y1")])], new_epoch="E")
         await backend.redis.script_flush()  # as after a store restart or failover
         results = await store.append_many([("session:x", [ev("x2")]), ("session:y", [ev("y2")])],
@@ -558,7 +575,7 @@ async def test_dragonfly_pool_grows_without_looking_up_package_metadata(
 
         before = len(await backend.redis.client_list())  # the pool's first connection
         monkeypatch.setattr(importlib.metadata, "version", no_lookup)
-        store = build_stream_store(backend, LIMITS)
+        store = streams(backend)
         results = await asyncio.gather(*(  # concurrent calls: the pool opens several connections
             store.append(f"session:grow{i}", [ev(f"g{i}")], new_epoch="E") for i in range(8)))
         assert [r.offsets for r in results] == [[1]] * 8
@@ -599,7 +616,7 @@ async def test_dragonfly_keys_carry_prefix_and_channel_hash_tag(
 ) -> None:
     backend = open_backend(settings_for(redis_server.url, key_prefix, tu))
     try:
-        await build_stream_store(backend, LIMITS).append(
+        await streams(backend).append(
             "session:s1", [ev("a"), ev("b")], new_epoch="E",
         )
         await build_ownership_store(backend, ttl_s=60.0).add_edge("e1", ["session:s1"])
@@ -623,7 +640,7 @@ async def test_dragonfly_restart_keeps_or_loses_the_epoch(key_prefix: str, tu: f
     with RedisServer() as server:
         backend = open_backend(settings_for(server.url, key_prefix, tu))
         try:
-            store = build_stream_store(backend, LIMITS)
+            store = streams(backend)
             await store.append("session:s", [ev("a"), ev("b")], new_epoch="E1")
 
             # In a thread, so the loop sees the pooled connections drop as it would in production.

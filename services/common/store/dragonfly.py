@@ -120,7 +120,7 @@ async def _evalsha_pipeline(client: aioredis.Redis, sha: str,
     connection's retry policy, as a redis-py pipeline does. Packed here: the commands of a
     batch are the hot path of every durable publish, and redis-py's general packing (an encoder
     call per argument) and pipeline object were about 13 % of a router's time under cProfile."""
-    packed = _pack_evalsha(sha, calls)
+    packed = pack_evalsha(sha, calls)
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
 
@@ -147,7 +147,7 @@ async def _evalsha_pipeline(client: aioredis.Redis, sha: str,
         await pool.release(conn)
 
 
-def _pack_evalsha(sha: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> bytes:
+def pack_evalsha(sha: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> bytes:
     """EVALSHA commands in RESP: keys are str, arguments str, bytes or int."""
     parts: list[bytes] = []
     head = b"$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(sha), sha.encode())

@@ -8,7 +8,7 @@ so mypy proves that both adapters conform.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.settings import Settings
@@ -28,8 +28,25 @@ class Backend:
     keys: Keys
     memory: MemoryBackend | None = None
     redis: Any = None  # redis.asyncio.Redis; typed Any so that only adapters import redis
+    timeout_s: float = 2.0
+    pipes: list[Any] = field(default_factory=list)  # CommandPipes opened on it, closed with it
+
+    def open_pipe(self) -> Any:
+        """A pipelined connection of its own (services/common/store/pipe.py) for a `redis://`
+        store, else None (TLS and Unix sockets stay on the pooled client)."""
+        from services.common.store.pipe import CommandPipe, pipe_address
+
+        address = pipe_address(self.url)
+        if address is None:
+            return None
+        pipe = CommandPipe(address, timeout_s=self.timeout_s)
+        self.pipes.append(pipe)
+        return pipe
 
     async def aclose(self) -> None:
+        pipes, self.pipes = self.pipes, []
+        for pipe in pipes:
+            await pipe.aclose()
         if self.redis is not None:
             client, self.redis = self.redis, None
             await client.aclose()
@@ -46,7 +63,7 @@ def open_backend(settings: Settings) -> Backend:
         client = open_redis(url, timeout_s=settings.store_timeout_s,
                             max_connections=settings.store_max_connections,
                             pool_wait_s=settings.store_pool_wait_s)
-        return Backend(url, keys, redis=client)
+        return Backend(url, keys, redis=client, timeout_s=settings.store_timeout_s)
     raise ValueError(f"unsupported store URL scheme: {url.split(':', 1)[0]}")
 
 

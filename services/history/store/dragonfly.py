@@ -6,10 +6,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 
 from services.common.store.base import Keys, StoreError
-from services.common.store.dragonfly import evalsha_many, load_script, store_error, translate_errors
+from services.common.store.dragonfly import (
+    evalsha_many,
+    load_script,
+    pack_evalsha,
+    store_error,
+    translate_errors,
+)
+from services.common.store.pipe import CommandPipe
 from services.history.store.base import (
     AppendResult,
     NewEvent,
@@ -22,8 +30,12 @@ LUA = Path(__file__).parent / "lua"
 
 
 class DragonflyStreamStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys, limits: StreamLimits) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, limits: StreamLimits,
+                 *, pipe: CommandPipe | None = None) -> None:
+        """`pipe`: appends go over this pipelined connection instead of the pooled client
+        (services/common/store/pipe.py); reads and script loads always use the client."""
         self._r = client
+        self._pipe = pipe
         self._keys = keys
         self._limits = limits
         self._append = load_script(client, LUA / "append.lua")
@@ -55,8 +67,22 @@ class DragonflyStreamStore:
         self, appends: Sequence[tuple[str, Sequence[NewEvent]]], *, new_epoch: str,
     ) -> list[AppendResult | StoreError]:
         calls = [self._append_call(channel, events, new_epoch) for channel, events in appends]
-        replies = await evalsha_many(self._r, self._append, calls)  # idempotent by event id
+        if self._pipe is not None:
+            replies = await self._piped(calls)
+        else:
+            replies = await evalsha_many(self._r, self._append, calls)  # idempotent by event id
         return [store_error(r) if isinstance(r, Exception) else _append_result(r) for r in replies]
+
+    async def _piped(self, calls: list[tuple[list[str], list[str | bytes | int]]]) -> list[Any]:
+        """`evalsha_many` on the pipe: a store that lost its scripts gets the script again
+        (through the client) and the batch runs once more, which its event ids make safe."""
+        assert self._pipe is not None
+        packed = pack_evalsha(self._append.sha, calls)
+        replies = await self._pipe.execute(packed, len(calls))
+        if any(isinstance(r, hiredis.ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
+            await self._r.script_load(self._append.script)
+            replies = await self._pipe.execute(packed, len(calls))
+        return replies
 
     @translate_errors
     async def read(

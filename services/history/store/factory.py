@@ -7,14 +7,17 @@ from services.common.store.factory import Backend
 from services.history.store.base import StreamLimits, StreamStore
 
 
-def build_stream_store(backend: Backend, limits: StreamLimits) -> StreamStore:
+def build_stream_store(backend: Backend, limits: StreamLimits, *, piped_appends: bool = False) -> StreamStore:
+    """`piped_appends`: appends over a pipelined connection of their own where the URL allows
+    one (`redis://`), for a process whose hot path they are (the owning router)."""
     if backend.memory is not None:
         from services.history.store.memory import InMemoryStreamStore
 
         return InMemoryStreamStore(backend.memory, limits)
     from services.history.store.dragonfly import DragonflyStreamStore
 
-    return DragonflyStreamStore(backend.redis, backend.keys, limits)
+    return DragonflyStreamStore(backend.redis, backend.keys, limits,
+                                pipe=backend.open_pipe() if piped_appends else None)
 
 
 def stream_limits(settings: Settings) -> StreamLimits:
