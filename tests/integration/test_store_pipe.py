@@ -214,3 +214,20 @@ async def test_the_pipe_logs_in_with_the_urls_user_and_password_and_uses_its_dat
                 await backend.aclose()
         finally:
             await admin.aclose()
+
+
+async def test_the_pipes_append_commands_are_the_bytes_the_pooled_path_sends(
+    redis_server: RedisServer, key_prefix: str, tu: float,
+) -> None:
+    from services.common.store.dragonfly import pack_evalsha
+    from services.history.store.dragonfly import DragonflyStreamStore
+
+    backend, store = await piped(redis_server.url, key_prefix, tu)
+    try:
+        assert isinstance(store, DragonflyStreamStore)
+        appends = [("session:été", [NewEvent("a", b'{"x":"\xc3\xa9"}', 1), NewEvent("b", b"{}", 2)]),
+                   ("session:z", [NewEvent("c" * 64, b'{"n":' + b"9" * 500 + b"}", 1)])]
+        calls = [store._append_call(channel, events, "0000abcd") for channel, events in appends]
+        assert store.pack_appends(appends, "0000abcd") == pack_evalsha(store._append.sha, calls)
+    finally:
+        await backend.aclose()

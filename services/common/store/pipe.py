@@ -77,12 +77,34 @@ class _Call:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, pipe: CommandPipe) -> None:
+    def __init__(self, pipe: CommandPipe, timeout_s: float) -> None:
         self._pipe = pipe
+        self._timeout_s = timeout_s
+        self._loop = asyncio.get_running_loop()
         self._reader = hiredis.Reader()
+        self._watchdog: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.calls: deque[_Call] = deque()
         self.lost = False
+
+    def add(self, call: _Call, packed: bytes) -> None:
+        """Queue a call and write its commands. One timer watches the oldest call (not one per
+        call): when it fires, an unanswered oldest call past its deadline fails the connection."""
+        self.calls.append(call)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(call.deadline, self._check)
+        assert self.transport is not None
+        self.transport.write(packed)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if self.lost or not self.calls:
+            return
+        deadline = self.calls[0].deadline
+        if deadline <= self._loop.time():
+            self.fail(StoreUnavailableError(f"store did not answer within {self._timeout_s}s"))
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._check)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -116,6 +138,9 @@ class _Connection(asyncio.Protocol):
         self._pipe._lost(self)
 
     def _fail_calls(self, error: StoreError) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         calls, self.calls = self.calls, deque()
         for call in calls:
             if not call.future.done():
@@ -138,27 +163,12 @@ class CommandPipe:
         conn = self._conn
         if conn is None or conn.lost:
             conn = await self._connected()
+        if len(conn.calls) >= self._max_pending:
+            raise StoreBusyError(f"store busy: {len(conn.calls)} calls pending on the pipe")
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        calls = conn.calls
-        if calls:
-            if calls[0].deadline < now:
-                conn.fail(StoreUnavailableError(f"store did not answer within {self._timeout_s}s"))
-                conn = await self._connected()
-                calls = conn.calls
-            elif len(calls) >= self._max_pending:
-                raise StoreBusyError(f"store busy: {len(calls)} calls pending on the pipe")
-        call = _Call(count, loop.create_future(), now + self._timeout_s)
-        calls.append(call)
-        assert conn.transport is not None
-        conn.transport.write(packed)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await call.future
-        except TimeoutError:
-            if not conn.lost and conn.calls and conn.calls[0] is call:  # the store stalls
-                conn.fail(StoreUnavailableError(f"store did not answer within {self._timeout_s}s"))
-            raise StoreUnavailableError(f"store did not answer within {self._timeout_s}s") from None
+        call = _Call(count, loop.create_future(), loop.time() + self._timeout_s)
+        conn.add(call, packed)
+        return await call.future  # answered, or failed by the connection (lost, no answer in time)
 
     async def _connected(self) -> _Connection:
         async with self._connect_lock:  # callers arriving meanwhile share the one connect
@@ -174,7 +184,8 @@ class CommandPipe:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout_s):
-                _, conn = await loop.create_connection(lambda: _Connection(self), a.host, a.port)
+                _, conn = await loop.create_connection(lambda: _Connection(self, self._timeout_s),
+                                                       a.host, a.port)
         except (OSError, TimeoutError) as e:
             raise StoreUnavailableError(f"store unreachable: {type(e).__name__}") from e
         setup: list[tuple[bytes | str | int, ...]] = []
@@ -184,15 +195,11 @@ class CommandPipe:
             setup.append(("SELECT", a.db))
         if setup:
             call = _Call(len(setup), loop.create_future(), loop.time() + self._timeout_s)
-            conn.calls.append(call)
-            assert conn.transport is not None
-            conn.transport.write(pack(*setup))
+            conn.add(call, pack(*setup))
             try:
-                async with asyncio.timeout(self._timeout_s):
-                    replies = await call.future
-            except TimeoutError:
-                conn.fail(StoreUnavailableError("store did not answer the connection's setup"))
-                raise StoreUnavailableError("store did not answer the connection's setup") from None
+                replies = await call.future
+            except StoreUnavailableError as e:
+                raise StoreUnavailableError(f"store did not answer the connection's setup: {e}") from None
             refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
             if refused:
                 conn.fail(StoreError("store refused the connection's setup"))

@@ -13,7 +13,6 @@ from services.common.store.base import Keys, StoreError
 from services.common.store.dragonfly import (
     evalsha_many,
     load_script,
-    pack_evalsha,
     store_error,
     translate_errors,
 )
@@ -40,6 +39,12 @@ class DragonflyStreamStore:
         self._limits = limits
         self._append = load_script(client, LUA / "append.lua")
         self._read = load_script(client, LUA / "read.lua")
+        # What every append call of this store repeats, packed once (the pipe's path).
+        sha = self._append.sha.encode()
+        self._evalsha_head = b"$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(sha), sha)
+        self._limit_args = b"".join(_bulk(b"%d" % v) for v in (
+            limits.max_len, int(limits.ttl_s * 1000), int(limits.meta_ttl_s * 1000),
+            int(limits.idempotency_window_s * 1000)))
 
     def _append_call(self, channel: str, events: Sequence[NewEvent],
                      new_epoch: str) -> tuple[list[str], list[str | bytes | int]]:
@@ -66,22 +71,43 @@ class DragonflyStreamStore:
     async def append_many(
         self, appends: Sequence[tuple[str, Sequence[NewEvent]]], *, new_epoch: str,
     ) -> list[AppendResult | StoreError]:
-        calls = [self._append_call(channel, events, new_epoch) for channel, events in appends]
         if self._pipe is not None:
-            replies = await self._piped(calls)
+            replies = await self._piped(self.pack_appends(appends, new_epoch), len(appends))
         else:
+            calls = [self._append_call(channel, events, new_epoch) for channel, events in appends]
             replies = await evalsha_many(self._r, self._append, calls)  # idempotent by event id
         return [store_error(r) if isinstance(r, Exception) else _append_result(r) for r in replies]
 
-    async def _piped(self, calls: list[tuple[list[str], list[str | bytes | int]]]) -> list[Any]:
+    def pack_appends(self, appends: Sequence[tuple[str, Sequence[NewEvent]]], new_epoch: str) -> bytes:
+        """The EVALSHA commands of `_append_call`, packed straight from the events: the same
+        bytes as `pack_evalsha`, without a list of arguments and a type test per argument."""
+        head, limits = self._evalsha_head, self._limit_args
+        epoch = _bulk(new_epoch.encode())
+        prefix = self._keys.prefix.encode()
+        out: list[bytes] = []
+        for channel, events in appends:
+            n = len(events)
+            tag = b"%s:{%s}:" % (prefix, channel.encode())
+            nkeys = b"%d" % (2 + n)
+            out.append(b"*%d\r\n%s$%d\r\n%s\r\n" % (3 + 2 + n + 5 + 2 * n, head, len(nkeys), nkeys))
+            out.append(_bulk(tag + b"meta"))
+            out.append(_bulk(tag + b"stream"))
+            out.extend(_bulk(tag + b"idem:" + ev.id.encode()) for ev in events)
+            out.append(epoch)
+            out.append(limits)
+            for ev in events:
+                priority = b"%d" % ev.priority
+                out.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ev.body), ev.body, len(priority), priority))
+        return b"".join(out)
+
+    async def _piped(self, packed: bytes, count: int) -> list[Any]:
         """`evalsha_many` on the pipe: a store that lost its scripts gets the script again
         (through the client) and the batch runs once more, which its event ids make safe."""
         assert self._pipe is not None
-        packed = pack_evalsha(self._append.sha, calls)
-        replies = await self._pipe.execute(packed, len(calls))
+        replies = await self._pipe.execute(packed, count)
         if any(isinstance(r, hiredis.ReplyError) and str(r).startswith("NOSCRIPT") for r in replies):
             await self._r.script_load(self._append.script)
-            replies = await self._pipe.execute(packed, len(calls))
+            replies = await self._pipe.execute(packed, count)
         return replies
 
     @translate_errors
@@ -96,6 +122,10 @@ class DragonflyStreamStore:
             for i in range(3, len(raw), 3)
         ]
         return ReadResult(epoch, int(raw[1]), int(raw[2]), events)
+
+
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def _append_result(raw: list[Any]) -> AppendResult:
