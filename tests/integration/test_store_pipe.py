@@ -231,3 +231,23 @@ async def test_the_pipes_append_commands_are_the_bytes_the_pooled_path_sends(
         assert store.pack_appends(appends, "0000abcd") == pack_evalsha(store._append.sha, calls)
     finally:
         await backend.aclose()
+
+
+def test_the_append_round_trip_benchmark_runs_and_cleans_up(redis_server: RedisServer) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bench.append_roundtrip", "--url", redis_server.url,
+                          "-N", "40", "--rounds", "1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result["median_us"]) == {"pooled", "pipe"}
+    assert all(v > 0 for v in result["median_us"].values())
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert not list(client.scan_iter(match="bench-append-*")), "the benchmark left keys behind"
+    finally:
+        client.close()
