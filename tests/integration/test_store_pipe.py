@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,6 +22,8 @@ from services.common.store.pipe import PipeAddress, pipe_address
 from services.history.store.base import AppendResult, NewEvent, StreamLimits, StreamStore
 from services.history.store.factory import build_stream_store
 from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(30)  # a pipe out of step hangs its caller: fail, not wait 300 s
 
 LIMITS = StreamLimits(max_len=1_000, ttl_s=3_600.0, meta_ttl_s=7_200.0, idempotency_window_s=300.0)
 
@@ -42,6 +44,8 @@ class Relay:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.clients = 0  # connections accepted
+        self.clients_closed = 0  # of them, closed by the client (or cut)
 
     async def __aenter__(self) -> Relay:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -70,6 +74,7 @@ class Relay:
         self._pairs.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream_port)
         self._pairs.append((writer, up_writer))
         for coro in (self._pump(reader, up_writer, gated=False), self._pump(up_reader, writer, gated=True)):
@@ -88,6 +93,8 @@ class Relay:
             pass
         finally:
             writer.transport.abort()
+            if not gated:  # the client's side ended
+                self.clients_closed += 1
 
 
 def settings_for(url: str, prefix: str, tu: float, **extra: object) -> Settings:
@@ -104,6 +111,15 @@ async def relay(redis_server: RedisServer) -> AsyncIterator[Relay]:
 async def piped(url: str, key_prefix: str, tu: float, **extra: object) -> tuple[Backend, StreamStore]:
     backend = open_backend(settings_for(url, key_prefix, tu, **extra))
     return backend, build_stream_store(backend, LIMITS, piped_appends=True)
+
+
+async def until(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.01)
+    return check()
 
 
 def test_pipe_address_reads_the_url_and_never_shows_the_password() -> None:
@@ -180,6 +196,27 @@ async def test_a_store_that_stops_answering_fails_calls_within_the_timeout_then_
         result = await store.append("session:h", [ev("b"), ev("c")], new_epoch="E")
         assert (result.offsets, result.duplicates) == ([2, 3], [True, False])
     finally:
+        await backend.aclose()
+
+
+async def test_a_caller_that_gives_up_during_the_login_leaves_no_connection_open(
+    relay: Relay, key_prefix: str, tu: float,
+) -> None:
+    # The store's timeout far beyond the wait below: only the give-up may close the connection.
+    backend, store = await piped(f"redis://:pw@127.0.0.1:{relay.port}/0", key_prefix, tu,
+                                 store_timeout_s=30.0 * tu)
+    try:
+        relay.hold()  # the AUTH is never answered
+        call = asyncio.create_task(store.append("session:l", [ev("a")], new_epoch="E"))
+        assert await until(lambda: relay.clients == 1, 2.0 * tu)
+        await asyncio.sleep(0.05 * tu)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await until(lambda: relay.clients_closed == 1, 2.0 * tu), \
+            "the half-set-up connection was left open"
+    finally:
+        relay.release()
         await backend.aclose()
 
 

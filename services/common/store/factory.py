@@ -9,7 +9,7 @@ so mypy proves that both adapters conform.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.settings import Settings
 from services.common.store.base import Keys, MembershipStore
@@ -18,6 +18,9 @@ from services.common.store.memory import (
     MemoryBackend,
     memory_backend,
 )
+
+if TYPE_CHECKING:
+    from services.common.store.pipe import CommandPipe
 
 
 @dataclass
@@ -29,9 +32,9 @@ class Backend:
     memory: MemoryBackend | None = None
     redis: Any = None  # redis.asyncio.Redis; typed Any so that only adapters import redis
     timeout_s: float = 2.0
-    pipes: list[Any] = field(default_factory=list)  # CommandPipes opened on it, closed with it
+    pipes: list[CommandPipe] = field(default_factory=list)  # opened on it, closed with it
 
-    def open_pipe(self) -> Any:
+    def open_pipe(self) -> CommandPipe | None:
         """A pipelined connection of its own (services/common/store/pipe.py) for a `redis://`
         store, else None (TLS and Unix sockets stay on the pooled client)."""
         from services.common.store.pipe import CommandPipe, pipe_address

@@ -188,23 +188,35 @@ class CommandPipe:
                                                        a.host, a.port)
         except (OSError, TimeoutError) as e:
             raise StoreUnavailableError(f"store unreachable: {type(e).__name__}") from e
+        try:
+            await self._setup(conn)
+        except BaseException:  # refused, lost, or the caller gave up: never leave it open
+            if not conn.lost:
+                conn.fail(StoreUnavailableError("store connection setup did not finish"))
+            raise
+        return conn
+
+    async def _setup(self, conn: _Connection) -> None:
+        """Log in and select the database, as the URL asks."""
+        a = self._address
         setup: list[tuple[bytes | str | int, ...]] = []
         if a.password is not None:
             setup.append(("AUTH", a.username, a.password) if a.username else ("AUTH", a.password))
         if a.db:
             setup.append(("SELECT", a.db))
-        if setup:
-            call = _Call(len(setup), loop.create_future(), loop.time() + self._timeout_s)
-            conn.add(call, pack(*setup))
-            try:
-                replies = await call.future
-            except StoreUnavailableError as e:
-                raise StoreUnavailableError(f"store did not answer the connection's setup: {e}") from None
-            refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-            if refused:
-                conn.fail(StoreError("store refused the connection's setup"))
-                raise StoreError(f"store refused the connection's setup: {str(refused[0]).split()[0]}")
-        return conn
+        if not setup:
+            return
+        loop = asyncio.get_running_loop()
+        call = _Call(len(setup), loop.create_future(), loop.time() + self._timeout_s)
+        conn.add(call, pack(*setup))
+        try:
+            replies = await call.future
+        except StoreUnavailableError as e:
+            raise StoreUnavailableError(f"store did not answer the connection's setup: {e}") from None
+        refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+        if refused:
+            conn.fail(StoreError("store refused the connection's setup"))
+            raise StoreError(f"store refused the connection's setup: {str(refused[0]).split()[0]}")
 
     def _lost(self, conn: _Connection) -> None:
         if self._conn is conn:

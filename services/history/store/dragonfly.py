@@ -31,8 +31,9 @@ LUA = Path(__file__).parent / "lua"
 class DragonflyStreamStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, limits: StreamLimits,
                  *, pipe: CommandPipe | None = None) -> None:
-        """`pipe`: appends go over this pipelined connection instead of the pooled client
-        (services/common/store/pipe.py); reads and script loads always use the client."""
+        """`pipe`: appends (`append`, `append_many`) go over this pipelined connection instead of
+        the pooled client (services/common/store/pipe.py); reads and script loads always use
+        the client."""
         self._r = client
         self._pipe = pipe
         self._keys = keys
@@ -64,6 +65,11 @@ class DragonflyStreamStore:
     async def append(
         self, channel: str, events: Sequence[NewEvent], *, new_epoch: str,
     ) -> AppendResult:
+        if self._pipe is not None:
+            (reply,) = await self._piped(self.pack_appends([(channel, events)], new_epoch), 1)
+            if isinstance(reply, Exception):
+                raise store_error(reply)
+            return _append_result(reply)
         keys, args = self._append_call(channel, events, new_epoch)
         return _append_result(await self._append(keys=keys, args=args))
 
