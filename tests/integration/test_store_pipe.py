@@ -113,6 +113,15 @@ async def piped(url: str, key_prefix: str, tu: float, **extra: object) -> tuple[
     return backend, build_stream_store(backend, LIMITS, piped_appends=True)
 
 
+async def close(backend: Backend) -> None:
+    """Delete this test's keys (the session's redis-server may be shared) and close."""
+    try:
+        async for key in backend.redis.scan_iter(match=f"{backend.keys.prefix}:*", count=500):
+            await backend.redis.unlink(key)
+    finally:
+        await backend.aclose()
+
+
 async def until(check: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -152,7 +161,7 @@ async def test_a_call_given_up_on_leaves_the_pipe_in_step(
         again = await store.append("session:p", [ev("b")], new_epoch="E")
         assert (again.offsets, again.duplicates) == ([2], [True])  # b was stored, once
     finally:
-        await backend.aclose()
+        await close(backend)
 
 
 async def test_a_cut_connection_fails_its_calls_at_once_and_the_next_call_connects_again(
@@ -176,7 +185,7 @@ async def test_a_cut_connection_fails_its_calls_at_once_and_the_next_call_connec
         assert results[0].offsets[1] == results[0].offsets[0] + 1
         assert results[0].offsets[1] == 3  # b (stored once, whatever the cut did) and c
     finally:
-        await backend.aclose()
+        await close(backend)
 
 
 async def test_a_store_that_stops_answering_fails_calls_within_the_timeout_then_recovers(
@@ -196,7 +205,7 @@ async def test_a_store_that_stops_answering_fails_calls_within_the_timeout_then_
         result = await store.append("session:h", [ev("b"), ev("c")], new_epoch="E")
         assert (result.offsets, result.duplicates) == ([2, 3], [True, False])
     finally:
-        await backend.aclose()
+        await close(backend)
 
 
 async def test_a_caller_that_gives_up_during_the_login_leaves_no_connection_open(
@@ -267,7 +276,7 @@ async def test_the_pipes_append_commands_are_the_bytes_the_pooled_path_sends(
         calls = [store._append_call(channel, events, "0000abcd") for channel, events in appends]
         assert store.pack_appends(appends, "0000abcd") == pack_evalsha(store._append.sha, calls)
     finally:
-        await backend.aclose()
+        await close(backend)
 
 
 def test_the_append_round_trip_benchmark_runs_and_cleans_up(redis_server: RedisServer) -> None:
