@@ -26,6 +26,7 @@ from services.common.store.base import (
     StoreError,
     StoreUnavailableError,
 )
+from services.common.store.pipe import pack
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -149,15 +150,7 @@ async def _evalsha_pipeline(client: aioredis.Redis, sha: str,
 
 def pack_evalsha(sha: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> bytes:
     """EVALSHA commands in RESP: keys are str, arguments str, bytes or int."""
-    parts: list[bytes] = []
-    head = b"$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(sha), sha.encode())
-    for keys, args in calls:
-        nkeys = b"%d" % len(keys)
-        parts.append(b"*%d\r\n%s$%d\r\n%s\r\n" % (3 + len(keys) + len(args), head, len(nkeys), nkeys))
-        for a in (*keys, *args):
-            b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
-            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(parts)
+    return pack(*(("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls))
 
 
 class DragonflyMembershipStore:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -56,14 +57,18 @@ def pipe_address(url: str) -> PipeAddress | None:
     )
 
 
-def pack(*commands: tuple[bytes | str | int, ...]) -> bytes:
+def bulk(b: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def pack(*commands: Sequence[bytes | str | int]) -> bytes:
     """Commands in RESP: each argument str, bytes or int."""
     out: list[bytes] = []
     for command in commands:
         out.append(b"*%d\r\n" % len(command))
-        for a in command:
-            b = a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
-            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        out.extend(bulk(a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a)
+                   for a in command)
     return b"".join(out)
 
 
@@ -200,7 +205,7 @@ class CommandPipe:
     async def _setup(self, conn: _Connection) -> None:
         """Log in and select the database, as the URL asks."""
         a = self._address
-        setup: list[tuple[bytes | str | int, ...]] = []
+        setup: list[Sequence[bytes | str | int]] = []
         if a.password is not None:
             setup.append(("AUTH", a.username, a.password) if a.username else ("AUTH", a.password))
         if a.db:

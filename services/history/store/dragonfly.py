@@ -16,7 +16,7 @@ from services.common.store.dragonfly import (
     store_error,
     translate_errors,
 )
-from services.common.store.pipe import CommandPipe
+from services.common.store.pipe import CommandPipe, bulk
 from services.history.store.base import (
     AppendResult,
     NewEvent,
@@ -43,7 +43,7 @@ class DragonflyStreamStore:
         # What every append call of this store repeats, packed once (the pipe's path).
         sha = self._append.sha.encode()
         self._evalsha_head = b"$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(sha), sha)
-        self._limit_args = b"".join(_bulk(b"%d" % v) for v in (
+        self._limit_args = b"".join(bulk(b"%d" % v) for v in (
             limits.max_len, int(limits.ttl_s * 1000), int(limits.meta_ttl_s * 1000),
             int(limits.idempotency_window_s * 1000)))
 
@@ -61,17 +61,14 @@ class DragonflyStreamStore:
             args += [ev.body, ev.priority]
         return keys, args
 
-    @translate_errors
     async def append(
         self, channel: str, events: Sequence[NewEvent], *, new_epoch: str,
     ) -> AppendResult:
-        if self._pipe is not None:
-            (reply,) = await self._piped(self.pack_appends([(channel, events)], new_epoch), 1)
-            if isinstance(reply, Exception):
-                raise store_error(reply)
-            return _append_result(reply)
-        keys, args = self._append_call(channel, events, new_epoch)
-        return _append_result(await self._append(keys=keys, args=args))
+        """`append_many` of one channel (its errors already translated), raised."""
+        (result,) = await self.append_many([(channel, events)], new_epoch=new_epoch)
+        if isinstance(result, StoreError):
+            raise result
+        return result
 
     @translate_errors
     async def append_many(
@@ -88,7 +85,7 @@ class DragonflyStreamStore:
         """The EVALSHA commands of `_append_call`, packed straight from the events: the same
         bytes as `pack_evalsha`, without a list of arguments and a type test per argument."""
         head, limits = self._evalsha_head, self._limit_args
-        epoch = _bulk(new_epoch.encode())
+        epoch = bulk(new_epoch.encode())
         prefix = self._keys.prefix.encode()
         out: list[bytes] = []
         for channel, events in appends:
@@ -96,9 +93,9 @@ class DragonflyStreamStore:
             tag = b"%s:{%s}:" % (prefix, channel.encode())
             nkeys = b"%d" % (2 + n)
             out.append(b"*%d\r\n%s$%d\r\n%s\r\n" % (3 + 2 + n + 5 + 2 * n, head, len(nkeys), nkeys))
-            out.append(_bulk(tag + b"meta"))
-            out.append(_bulk(tag + b"stream"))
-            out.extend(_bulk(tag + b"idem:" + ev.id.encode()) for ev in events)
+            out.append(bulk(tag + b"meta"))
+            out.append(bulk(tag + b"stream"))
+            out.extend(bulk(tag + b"idem:" + ev.id.encode()) for ev in events)
             out.append(epoch)
             out.append(limits)
             for ev in events:
@@ -128,10 +125,6 @@ class DragonflyStreamStore:
             for i in range(3, len(raw), 3)
         ]
         return ReadResult(epoch, int(raw[1]), int(raw[2]), events)
-
-
-def _bulk(b: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 def _append_result(raw: list[Any]) -> AppendResult:
