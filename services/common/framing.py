@@ -25,9 +25,13 @@ import asyncio
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 HEADER = struct.Struct(">I")
+
+
+class SupportsSerialize(Protocol):
+    def SerializeToString(self) -> bytes: ...
 
 
 class LinkClosedError(ConnectionError):
@@ -181,6 +185,12 @@ class FrameProtocol(asyncio.Protocol):
         self._transport.write(HEADER.pack(len(payload)) + payload)
         self._written_since_tick = True
 
+    @property
+    def writable(self) -> bool:
+        """Up, and the write buffer is below its high-water mark: a write needs no drain."""
+        return not (self._writing_paused or self._eof or self._transport is None
+                    or self._transport.is_closing())
+
     async def drain(self) -> None:
         """Wait while the write buffer is full, at most `idle_timeout_s`: a peer that does not
         read for that long is as good as dead. Raises LinkClosedError or TimeoutError."""
@@ -243,3 +253,24 @@ class FrameProtocol(asyncio.Protocol):
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
+
+
+class FrameSink:
+    """A stream link as an outbox's sink (services/common/batching.py): a protobuf message per
+    frame, written at once while the socket buffer has room, else written and drained."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: FrameProtocol) -> None:
+        self._conn = conn
+
+    def try_write(self, message: SupportsSerialize) -> bool:
+        conn = self._conn
+        if not conn.writable:
+            return False
+        conn.write(message.SerializeToString())
+        return True
+
+    async def send(self, message: SupportsSerialize) -> None:
+        self._conn.write(message.SerializeToString())
+        await self._conn.drain()

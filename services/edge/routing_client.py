@@ -28,9 +28,9 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
-from services.common.batching import take_batch
+from services.common.batching import Outbox
 from services.common.errors import is_retryable
-from services.common.framing import FrameProtocol
+from services.common.framing import FrameProtocol, FrameSink
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
@@ -74,7 +74,9 @@ ROUTER_SERVICE = "switchboard.routing.v1.Router"
 
 
 class _Wire(Protocol):
-    """One open stream to a router, whatever carries it."""
+    """One open stream to a router, whatever carries it: an outbox's sink, and a reader."""
+
+    def try_write(self, message: pb.EdgeMessage) -> bool: ...
 
     async def send(self, message: pb.EdgeMessage) -> None: ...
 
@@ -88,6 +90,9 @@ class _GrpcWire:
     def __init__(self, call: aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
         self._call = call
 
+    def try_write(self, message: pb.EdgeMessage) -> bool:
+        return False  # the call's writes are awaited: every batch goes through the writer
+
     async def send(self, message: pb.EdgeMessage) -> None:
         await self._call.write(message)
 
@@ -96,13 +101,8 @@ class _GrpcWire:
             on_messages([message])  # type: ignore[list-item]
 
 
-class _FrameWire:
-    def __init__(self, conn: FrameProtocol) -> None:
-        self._conn = conn
-
-    async def send(self, message: pb.EdgeMessage) -> None:
-        self._conn.write(message.SerializeToString())
-        await self._conn.drain()
+class _FrameWire(FrameSink):
+    __slots__ = ()
 
     async def run(self, on_messages: Callable[[list[pb.RouterMessage]], None]) -> None:
         # From data_received: an attach's answer or an ack is acted on when it is read.
@@ -132,7 +132,7 @@ class RouterLink:
         self.address = address
         self.link_address = link_address
         self._pool = pool
-        self._queue: asyncio.Queue[pb.EdgeMessage | None] = asyncio.Queue(pool.queue_max)
+        self._outbox = self._new_outbox()
         self._pending: dict[int, asyncio.Future[pb.PublishAck]] = {}
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -147,13 +147,10 @@ class RouterLink:
 
     def send(self, message: pb.EdgeMessage) -> bool:
         """Queue a message if the stream is up; attaches are re-sent on every (re)connect."""
-        if not self.connected.is_set():
-            return False
-        try:
-            self._queue.put_nowait(message)
-            return True
-        except asyncio.QueueFull:
-            return False
+        return self.connected.is_set() and self._outbox.put(message)
+
+    def _new_outbox(self) -> Outbox[pb.EdgeMessage, pb.EdgeMessage]:
+        return Outbox(self._pool.queue_max, _size_of, _pack)
 
     def publish(self, request: pb.PublishRequest) -> asyncio.Future[pb.PublishAck]:
         fut: asyncio.Future[pb.PublishAck] = asyncio.get_running_loop().create_future()
@@ -231,13 +228,13 @@ class RouterLink:
         attached = self._pool.channels_on(self.router_id)
         if attached:
             await wire.send(pb.EdgeMessage(attach=pb.Attach(channels=attached)))
-        self._queue = asyncio.Queue(self._pool.queue_max)
+        self._outbox = self._new_outbox()  # nothing of an earlier stream is sent on this one
         self.connected.set()
         if attached:
             self._pool.sink.resync(attached)
         log.info("router_stream_open", router_id=self.router_id, channels=len(attached),
                  transport="grpc" if isinstance(wire, _GrpcWire) else "link")
-        writer = asyncio.create_task(self._write(wire))
+        writer = asyncio.create_task(self._outbox.run(wire))
         try:
             await wire.run(self._on_messages)
         finally:
@@ -247,14 +244,6 @@ class RouterLink:
         self._received = True
         for message in messages:
             self._dispatch(message)
-
-    async def _write(self, wire: _Wire) -> None:
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch, _ = take_batch(self._queue, first, _size_of)
-            await wire.send(batch[0] if len(batch) == 1 else pb.EdgeMessage(batch=pb.EdgeBatch(messages=batch)))
 
     def _dispatch(self, message: pb.RouterMessage) -> None:
         if message.HasField("batch"):
@@ -290,6 +279,10 @@ def _event_pb(e: Event) -> hpb.Event:
 
 def _size_of(message: pb.EdgeMessage) -> int:
     return len(message.publish.event.body) + 64
+
+
+def _pack(batch: list[pb.EdgeMessage]) -> pb.EdgeMessage:
+    return batch[0] if len(batch) == 1 else pb.EdgeMessage(batch=pb.EdgeBatch(messages=batch))
 
 
 class RouterPool:

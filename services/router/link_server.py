@@ -22,7 +22,7 @@ from collections.abc import Callable
 import structlog
 from google.protobuf.message import DecodeError
 
-from services.common.framing import FrameProtocol, LinkClosedError
+from services.common.framing import FrameProtocol, FrameSink, LinkClosedError
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.settings import Settings
 from services.common.tasks import cancel_and_wait
@@ -88,11 +88,7 @@ class LinkServer:
                 # From data_received: an attach is answered in the loop iteration that read it.
                 await conn.serve(lambda frames: on_messages([pb.EdgeMessage.FromString(f) for f in frames]))
 
-            async def send(message: pb.RouterMessage) -> None:
-                conn.write(message.SerializeToString())
-                await conn.drain()
-
-            await self._servicer.serve_edge(link, read, send)
+            await self._servicer.serve_edge(link, read, FrameSink(conn))
         except (LinkClosedError, TimeoutError, DecodeError) as e:
             log.info("edge_link_lost", peer=conn.peer, error=str(e))
         finally:

@@ -1,9 +1,8 @@
-"""One connected edge: a bounded outbound queue drained by the Connect stream's writer."""
+"""One connected edge: a bounded outbox of deliveries and acks, sent in batches on its stream."""
 
 from __future__ import annotations
 
-import asyncio
-
+from services.common.batching import Outbox
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 
 
@@ -13,26 +12,28 @@ class EdgeLink:
 
     def __init__(self, edge_id: str, max_queue: int) -> None:
         self.edge_id = edge_id
-        self.queue: asyncio.Queue[pb.RouterMessage | None] = asyncio.Queue(max_queue)
+        self.outbox: Outbox[pb.RouterMessage, pb.RouterMessage] = Outbox(max_queue, _size_of, _pack)
         self.channels: set[str] = set()
         self.broken = False
 
     def send(self, message: pb.RouterMessage) -> bool:
         if self.broken:
             return False
-        try:
-            self.queue.put_nowait(message)
+        if self.outbox.put(message):
             return True
-        except asyncio.QueueFull:
+        if not self.outbox.closed:  # full
             self.broken = True
             self.close()
-            return False
+        return False
 
     def close(self) -> None:
-        # The writer exits when it sees None; make room for it if the queue is full.
-        while True:
-            try:
-                self.queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self.queue.get_nowait()
+        """The stream sends what is queued, then ends."""
+        self.outbox.close()
+
+
+def _size_of(message: pb.RouterMessage) -> int:
+    return len(message.delivery.frame) + 32
+
+
+def _pack(batch: list[pb.RouterMessage]) -> pb.RouterMessage:
+    return batch[0] if len(batch) == 1 else pb.RouterMessage(batch=pb.RouterBatch(messages=batch))

@@ -9,7 +9,7 @@ import structlog
 from grpc import aio
 from grpc.aio import EOF  # type: ignore[attr-defined]
 
-from services.common.batching import take_batch
+from services.common.batching import BatchSink
 from services.common.grpc_gen.routing.v1 import routing_pb2 as pb
 from services.common.grpc_gen.routing.v1 import routing_pb2_grpc as pb_grpc
 from services.common.tasks import first_completed
@@ -23,7 +23,16 @@ log = structlog.get_logger("switchboard.router")
 # Hands the edge's messages to the callback (which does not block) until the edge ends the
 # stream; raises when the stream fails.
 Read = Callable[[Callable[[list[pb.EdgeMessage]], None]], Awaitable[None]]
-Send = Callable[[pb.RouterMessage], Awaitable[None]]
+
+
+class _ConnectSink:
+    """The Connect stream's writes are awaited: every batch goes through the outbox's writer."""
+
+    def __init__(self, context: aio.ServicerContext) -> None:  # type: ignore[type-arg]
+        self.send = context.write
+
+    def try_write(self, message: pb.RouterMessage) -> bool:
+        return False
 
 
 class RouterServicer(pb_grpc.RouterServicer):
@@ -45,14 +54,15 @@ class RouterServicer(pb_grpc.RouterServicer):
             while (message := await context.read()) is not EOF:
                 on_messages([message])
 
-        await self.serve_edge(self.new_link(first.hello.edge_id), read, context.write)
+        await self.serve_edge(self.new_link(first.hello.edge_id), read, _ConnectSink(context))
 
     def new_link(self, edge_id: str) -> EdgeLink:
         return EdgeLink(edge_id, self._link_queue_max)
 
-    async def serve_edge(self, link: EdgeLink, read: Read, send: Send) -> None:
+    async def serve_edge(self, link: EdgeLink, read: Read, sink: BatchSink[pb.RouterMessage]) -> None:
         """Serve one edge whose hello was accepted, over a Connect stream or a stream link:
-        `read` hands over the edge's messages until the stream ends, `send` writes one message.
+        `read` hands over the edge's messages until the stream ends, `sink` takes the link's
+        batches.
         Returns when either direction ends; the edge's attaches are dropped then."""
         previous = self._own.links.get(link.edge_id)
         if previous is not None:
@@ -61,8 +71,9 @@ class RouterServicer(pb_grpc.RouterServicer):
         self._m.edges.set(len(self._own.links))
         log.info("edge_connected", edge_id=link.edge_id)
         try:
-            # One task reads upstream, one writes downstream; when either ends, the call ends.
-            await first_completed(self._read(link, read), self._write(link, send))
+            # One task reads upstream, one writes downstream (when a batch cannot be written
+            # at once); when either ends, the call ends.
+            await first_completed(self._read(link, read), link.outbox.run(sink))
         finally:
             link.close()
             self._own.drop_link(link)
@@ -77,16 +88,6 @@ class RouterServicer(pb_grpc.RouterServicer):
                 self._handle(link, message)
 
         await read(on_messages)
-
-    async def _write(self, link: EdgeLink, send: Send) -> None:
-        while True:
-            first = await link.queue.get()
-            if first is None:
-                return  # overflow or replaced: end the call; the edge reconnects and repairs gaps
-            batch, closed = take_batch(link.queue, first, _size_of)
-            await send(batch[0] if len(batch) == 1 else pb.RouterMessage(batch=pb.RouterBatch(messages=batch)))
-            if closed:
-                return
 
     def _handle(self, link: EdgeLink, message: pb.EdgeMessage) -> None:
         """Nothing here waits: publishes go to their pipelines, attaches are answered at once."""
@@ -134,7 +135,3 @@ class RouterServicer(pb_grpc.RouterServicer):
             published_total=sum(self._pub.published.values()),
             edges_connected=len(self._own.links),
         )
-
-
-def _size_of(message: pb.RouterMessage) -> int:
-    return len(message.delivery.frame) + 32

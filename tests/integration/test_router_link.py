@@ -297,6 +297,46 @@ async def test_an_oversize_frame_drops_the_link_and_its_attaches(rig: Rig, tu: f
     await rig.edges_become("router-1", 0)
 
 
+async def test_an_edge_that_stops_reading_is_dropped_when_its_link_overflows(rig: Rig, tu: float) -> None:
+    """A stuck edge (alive: it keeps sending heartbeats, but reads nothing) fills its socket,
+    then its link's bounded outbox: the router drops that link and counts it, and the other
+    edge on the channel still gets every event, in order."""
+    router = await rig.start("router-1", router_link_queue_max=16)
+    assert router is not None
+    stuck = await RawEdge.connect(router.link_port)
+    sink = Sink()
+
+    async def heartbeats() -> None:
+        while True:
+            stuck.send(pb.EdgeMessage(batch=pb.EdgeBatch()))
+            await asyncio.sleep(0.05 * tu)
+
+    beating = asyncio.create_task(heartbeats())
+    try:
+        stuck.send(hello("edge-stuck"))
+        stuck.send(pb.EdgeMessage(attach=pb.Attach(channels=["session:flood"])))
+        reply = await asyncio.wait_for(stuck.receive(), 5 * tu)
+        assert reply is not None and list(reply.attached.channels) == ["session:flood"]
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await rig.pool(stack, sink, edge_id="edge-ok")
+            assert await pool.attach("session:flood", 5 * tu)
+            body = json.dumps({"pad": "x" * 60_000})
+            n = 0
+            while rig.metric("router-1", "router_edge_links_dropped_total") == 0:
+                assert n < 2_000, "the stuck edge's link never overflowed"
+                n += 1
+                await pool.publish("session:flood", Event(id=uuid.uuid4().hex, type="chat_message",
+                                                          body=body.encode()))
+            await sink.until(lambda: len(sink.deliveries) == n, 5 * tu)
+            assert [d.offset for d in sink.deliveries] == list(range(1, n + 1))
+            await rig.edges_become("router-1", 1)  # the stuck one is gone, edge-ok stays
+            assert sink.resyncs == []  # edge-ok's own link was never dropped
+    finally:
+        beating.cancel()
+        stuck.close()
+    assert rig.metric("router-1", "router_edge_links_dropped_total") == 1
+
+
 async def test_a_silent_edge_is_dropped_after_the_idle_timeout(rig: Rig, tu: float) -> None:
     router = await rig.start("router-1")
     assert router is not None
