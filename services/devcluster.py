@@ -42,6 +42,12 @@ _handed_out: set[int] = set()
 _rng = random.Random()
 
 
+def reserve_ports(ports: range) -> None:
+    """Never hand out these ports: they were asked for (an edge's `--port`), and a history or
+    router process started before the edges must not take one."""
+    _handed_out.update(ports)
+
+
 def free_port(host: str = HOST) -> int:
     """A TCP port on `host` with nothing bound to it now, outside the ephemeral range."""
     for _ in range(200):
@@ -187,6 +193,8 @@ class DevCluster:
     _counters: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.port:
+            reserve_ports(range(self.port, self.port + self.edges))
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="switchboard-dev-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
