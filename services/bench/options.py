@@ -27,6 +27,8 @@ class BenchOptions:
     max_steps: int = 12
     refine: int = 2
     p99_limit_ms: float = 100.0
+    check_at: float = 0.0
+    check_p99_ms: float = 50.0
     hold_s: float = 10.0
     heartbeat_s: float = 5.0
     lanes: int = 1
@@ -66,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-steps", type=int, default=12)
     s.add_argument("--refine", type=int, default=2, help="bisection steps after the first failure")
     s.add_argument("--p99-limit-ms", type=float, default=100.0, help="a step with a higher p99 fails")
+    s.add_argument("--check-at", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="fanout --step: then one more step at this fraction of the highest sustained "
+                        "rate, its p99 reported against --check-p99-ms (0.8: p99 at 80 %% of the maximum)")
+    s.add_argument("--check-p99-ms", type=float, default=50.0, help="the p99 the --check-at step should meet")
     s.add_argument("--hold", dest="hold_s", type=float, default=10.0, help="idle: seconds to hold")
     s.add_argument("--heartbeat", dest="heartbeat_s", type=float, default=5.0,
                    help="idle: seconds between heartbeats per connection")
@@ -88,6 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for deliveries after the last send")
     r.add_argument("--max-seconds", type=float, default=600.0, help="budget of the whole run")
     r.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1]")
+    return value
 
 
 def from_namespace(ns: argparse.Namespace) -> BenchOptions:

@@ -155,6 +155,11 @@ def render(result: Result) -> str:
         if scenario == "fanout":
             out.append(f"highest sustained rate: {result['highest_sustained']} msgs/s "
                        f"(p99 <= {result['p99_limit_ms']} ms, no loss)")
+            check = result.get("check")
+            if check:
+                verdict = "met" if check["met"] else "not met" + ("" if check["sustained"] else " (not sustained)")
+                out.append(f"p99 at {check['fraction']:.0%} of it: step {check['k']} at {check['rate']} msgs/s, "
+                           f"p99 {check['p99_ms']} ms (target <= {check['p99_target_ms']} ms): {verdict}")
     elif scenario == "idle":
         mem = result["memory"]
         out.append(table(["tier", "processes", "RSS before MiB", "RSS after MiB", "KiB per 1k conns"],

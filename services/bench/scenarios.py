@@ -186,10 +186,29 @@ class Run:
             steps.append(self.fanout_step(plan, 1, o.rate))
         else:
             self.ramp(plan, steps)
-        out["steps"] = steps
         good = [s for s in steps if s["sustained"]]
         out["highest_sustained"] = max(good, key=lambda s: s["rate"])["rate"] if good else None
+        if o.step and o.check_at:
+            out["check"] = self.check_step(plan, steps, out["highest_sustained"])
+        out["steps"] = steps
         return out
+
+    def check_step(self, plan: Plan, steps: list[Result], highest: float | None) -> Result | None:
+        """One more step at `check_at` of the highest sustained rate (appended to `steps`): its
+        p99 against `check_p99_ms`. None when nothing was sustained or no time is left."""
+        o = self.o
+        if highest is None:
+            log("no sustained step: no check step")
+            return None
+        if self.remaining_s() < o.duration_s + o.drain_s + 5:
+            log("time budget reached: no check step")
+            return None
+        s = self.fanout_step(plan, len(steps) + 1, round(highest * o.check_at))
+        steps.append(s)
+        p99 = s["latency_ms"]["p99"]
+        return {"k": s["k"], "fraction": o.check_at, "rate": s["rate"], "p99_ms": p99,
+                "p99_target_ms": o.check_p99_ms, "sustained": s["sustained"],
+                "met": bool(s["sustained"] and p99 is not None and p99 <= o.check_p99_ms)}
 
     def ramp(self, plan: Plan, steps: list[Result]) -> None:
         o = self.o

@@ -101,6 +101,36 @@ def test_fanout_on_a_cluster_it_starts_counts_every_delivery_and_stops_the_clust
         assert not Path(f"/proc/{p['pid']}").exists() or _zombie(p["pid"]), p
 
 
+def test_step_mode_then_a_check_step_at_a_fraction_of_the_highest_rate(tu: float) -> None:
+    """`--step --check-at 0.8`: the ramp's steps (here two, both light enough to hold), then one
+    more at 80 % of the highest sustained rate, reported with its p99 against the target."""
+    result, table, _ = bench(["fanout", "--start", "-C", "40", "-R", "4", "-P", "4", "--step",
+                              "--step-start", "50", "--step-factor", "2", "--max-steps", "2",
+                              "-T", "1", "--drain", "1", "--check-at", "0.8", "--check-p99-ms", "40"],
+                             timeout_s=180 * tu)
+    ramp, check_step = result["steps"][:-1], result["steps"][-1]
+    assert [s["rate"] for s in ramp] == [50, 100]
+    for s in result["steps"]:
+        assert_clean(s, sent=s["rate"], receivers_per_message=10)  # one second per step
+    assert all(s["sustained"] for s in ramp) and result["highest_sustained"] == 100
+    check = result["check"]
+    assert check["k"] == 3 and check_step["k"] == 3
+    assert check["rate"] == round(0.8 * result["highest_sustained"]) == check_step["rate"]
+    assert check["p99_ms"] == check_step["latency_ms"]["p99"] and check["p99_target_ms"] == 40
+    assert check["met"] == (check_step["sustained"] and check["p99_ms"] <= 40)
+    assert f"p99 at 80% of it: step 3 at {check['rate']} msgs/s" in table
+    assert "check at 80%" in table
+
+
+def test_check_at_needs_step_mode() -> None:
+    proc = subprocess.run([*SWITCHBOARD, "bench", "fanout", "--start", "--check-at", "0.8"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode != 0 and "--check-at needs fanout --step" in proc.stderr + proc.stdout
+    proc = subprocess.run([*SWITCHBOARD, "bench", "fanout", "--start", "--step", "--check-at", "1.5"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "not a fraction" in proc.stderr
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
