@@ -56,7 +56,7 @@ class Outbox(Generic[T, M]):
         self._sink: BatchSink[M] | None = None  # while run() runs
         self._writer_turn = False  # the writer sends what is queued: the callback leaves it alone
         self._wake: asyncio.Future[None] | None = None  # the idle writer waits on it
-        self._held: M | None = None  # a batch the sink could not take at once: the writer's
+        self._held: M | None = None  # a batch the sink could not take at once: the writer sends it first
         self._closed = False
 
     def __len__(self) -> int:
