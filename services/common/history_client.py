@@ -193,8 +193,12 @@ def outcome_of(o: hpb.AppendOutcome) -> hpb.AppendResponse | HistoryCallError:
     """One append of an AppendBatch answer: the response, or the error its code names."""
     if not o.error_code:
         return o.response
-    error_type = _ERRORS_BY_CODE.get(o.error_code, HistoryCallError)
-    return error_type(o.error_message or o.error_code)
+    return call_error(o.error_code, o.error_message)
+
+
+def call_error(code: str, message: str) -> HistoryCallError:
+    """The error an append's failure code names (retryable or not, as the code says)."""
+    return _ERRORS_BY_CODE.get(code, HistoryCallError)(message or code)
 
 
 _ERRORS_BY_CODE: dict[str, type[HistoryCallError]] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 
 import structlog
 
@@ -27,6 +28,8 @@ MAX_ID_LEN = 128
 STORE_ERROR_LABEL = {ErrorCode.BUSY: "store_busy", ErrorCode.UNAVAILABLE: "store_unavailable",
                      ErrorCode.INTERNAL: "store_error"}
 log = structlog.get_logger("switchboard.history")
+# One append's answer: its response, or why it failed as (code, message).
+Appended = pb.AppendResponse | tuple[ErrorCode, str]
 
 
 def code_of(e: StoreError) -> ErrorCode:
@@ -51,7 +54,7 @@ class StreamWriter:
 
     async def append(self, request: pb.AppendRequest) -> pb.AppendResponse:
         """One channel, already validated (`invalid`). Raises StoreError."""
-        events = _new_events(request)
+        events = _new_events(request.events)
         self._m.batch_size.observe(len(events))
         try:
             with self._m.store_op("append"):
@@ -65,49 +68,57 @@ class StreamWriter:
         """Several channels in one store round trip; an invalid or failed channel gets its own
         error outcome and does not fail the others. Raises StoreError when the store call fails
         as a whole."""
-        outcomes = [pb.AppendOutcome() for _ in request.appends]
-        valid: list[tuple[int, list[NewEvent]]] = []
-        for i, append in enumerate(request.appends):
-            why = invalid(append)
-            if why:
-                self._m.errors.labels("invalid").inc()
-                outcomes[i].error_code, outcomes[i].error_message = ErrorCode.INVALID, why
-            else:
-                valid.append((i, _new_events(append)))
-        if not valid:
-            return pb.AppendBatchResponse(results=outcomes)
-        self._m.batch_size.observe(sum(len(events) for _, events in valid))
-        try:
-            with self._m.store_op("append"):
-                results = await self._store.append_many(
-                    [(request.appends[i].channel, events) for i, events in valid],
-                    new_epoch=self.new_epoch())
-        except StoreError:
-            self._m.appends.labels("error").inc(sum(len(events) for _, events in valid))
-            raise
-        for (i, events), result in zip(valid, results, strict=True):
-            if isinstance(result, StoreError):
-                self._m.errors.labels("store_error").inc()
-                self._m.appends.labels("error").inc(len(events))
-                outcomes[i].error_code = code_of(result)
-                outcomes[i].error_message = str(result)
-            else:
-                outcomes[i].response.CopyFrom(self._response(result))
-        return pb.AppendBatchResponse(results=outcomes)
+        results = await self._append_many([(a.channel, a.events) for a in request.appends])
+        return pb.AppendBatchResponse(results=[_outcome(r) for r in results])
 
     async def append_batch_answering_errors(self, request: pb.AppendBatchRequest) -> pb.AppendBatchResponse:
         """`append_batch` that never raises: a failure is answered on every append of the batch
         (unavailable, busy, internal), so the caller never waits for its deadline."""
+        results = await self.append_many([(a.channel, a.events) for a in request.appends])
+        return pb.AppendBatchResponse(results=[_outcome(r) for r in results])
+
+    async def append_many(self, appends: Sequence[tuple[str, Sequence[pb.Event]]]) -> list[Appended]:
+        """`append_batch_answering_errors` without the request and response messages (the owning
+        router's own appends): per append, its response or its failure as (code, message)."""
         try:
-            return await self.append_batch(request)
+            return await self._append_many(appends)
         except StoreError as e:
             code, message = code_of(e), str(e)
         except Exception as e:
             log.exception("append_batch_failed")
             code, message = ErrorCode.INTERNAL, f"append failed: {e!r}"
         self._m.errors.labels(STORE_ERROR_LABEL[code]).inc()
-        return pb.AppendBatchResponse(results=[
-            pb.AppendOutcome(error_code=code, error_message=message) for _ in request.appends])
+        return [(code, message)] * len(appends)
+
+    async def _append_many(self, appends: Sequence[tuple[str, Sequence[pb.Event]]]) -> list[Appended]:
+        """Raises StoreError when the store call fails as a whole."""
+        results: list[Appended] = [(ErrorCode.INTERNAL, "")] * len(appends)
+        valid: list[tuple[int, list[NewEvent]]] = []
+        for i, (channel, events) in enumerate(appends):
+            why = invalid_events(channel, events)
+            if why:
+                self._m.errors.labels("invalid").inc()
+                results[i] = (ErrorCode.INVALID, why)
+            else:
+                valid.append((i, _new_events(events)))
+        if not valid:
+            return results
+        self._m.batch_size.observe(sum(len(new) for _, new in valid))
+        try:
+            with self._m.store_op("append"):
+                stored = await self._store.append_many(
+                    [(appends[i][0], new) for i, new in valid], new_epoch=self.new_epoch())
+        except StoreError:
+            self._m.appends.labels("error").inc(sum(len(new) for _, new in valid))
+            raise
+        for (i, new), result in zip(valid, stored, strict=True):
+            if isinstance(result, StoreError):
+                self._m.errors.labels("store_error").inc()
+                self._m.appends.labels("error").inc(len(new))
+                results[i] = (code_of(result), str(result))
+            else:
+                results[i] = self._response(result)
+        return results
 
     def _response(self, result: AppendResult) -> pb.AppendResponse:
         dups = sum(result.duplicates)
@@ -125,13 +136,24 @@ class StreamWriter:
 
 def invalid(request: pb.AppendRequest) -> str:
     """Why an append cannot be stored, or "" when it can."""
-    if not request.channel or not request.events or len(request.events) > MAX_EVENTS_PER_APPEND:
+    return invalid_events(request.channel, request.events)
+
+
+def invalid_events(channel: str, events: Sequence[pb.Event]) -> str:
+    if not channel or not events or len(events) > MAX_EVENTS_PER_APPEND:
         return "channel and 1..1000 events required"
-    for ev in request.events:
+    for ev in events:
         if not ev.id or len(ev.id) > MAX_ID_LEN or not wire.valid_body(ev.body):
             return "each event needs an id and a JSON object body"
     return ""
 
 
-def _new_events(request: pb.AppendRequest) -> list[NewEvent]:
-    return [NewEvent(ev.id, ev.body, ev.priority or 1) for ev in request.events]
+def _new_events(events: Sequence[pb.Event]) -> list[NewEvent]:
+    return [NewEvent(ev.id, ev.body, ev.priority or 1) for ev in events]
+
+
+def _outcome(result: Appended) -> pb.AppendOutcome:
+    if isinstance(result, pb.AppendResponse):
+        return pb.AppendOutcome(response=result)
+    code, message = result
+    return pb.AppendOutcome(error_code=code, error_message=message)

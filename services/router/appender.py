@@ -23,7 +23,7 @@ from typing import Protocol
 import structlog
 
 from services.common.grpc_gen.history.v1 import history_pb2 as hpb
-from services.common.history_client import HistoryCallError, HistoryUnavailableError, outcome_of
+from services.common.history_client import HistoryCallError, HistoryUnavailableError, call_error
 from services.common.tasks import cancel_and_wait
 from services.history.writer import StreamWriter
 
@@ -53,15 +53,13 @@ class DirectAppends:
     async def append_batch(
         self, appends: Sequence[tuple[str, Sequence[hpb.Event]]],
     ) -> list[hpb.AppendResponse | HistoryCallError]:
-        request = hpb.AppendBatchRequest(
-            appends=[hpb.AppendRequest(channel=c, events=events) for c, events in appends])
         try:
             async with asyncio.timeout(self._timeout_s):
-                response = await self._writer.append_batch_answering_errors(request)
+                results = await self._writer.append_many(appends)  # no AppendBatch messages
         except TimeoutError:  # the store stalls: retryable, and the retry is idempotent by id
             return [HistoryUnavailableError(f"store append timed out after {self._timeout_s}s")
                     for _ in appends]
-        return [outcome_of(o) for o in response.results]
+        return [r if isinstance(r, hpb.AppendResponse) else call_error(*r) for r in results]
 
 
 class Appender:
