@@ -93,14 +93,18 @@ class _Connection(asyncio.Protocol):
         self.calls: deque[_Call] = deque()
         self.lost = False
 
-    def add(self, call: _Call, packed: bytes) -> None:
-        """Queue a call and write its commands. One timer watches the oldest call (not one per
-        call): when it fires, an unanswered oldest call past its deadline fails the connection."""
+    def add(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
+        """Write `count` packed commands; the future gets their replies. One timer watches the
+        oldest call (not one per call): when it fires, an unanswered oldest call past its
+        deadline fails the connection."""
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        call = _Call(count, future, self._loop.time() + self._timeout_s)
         self.calls.append(call)
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(call.deadline, self._check)
         assert self.transport is not None
         self.transport.write(packed)
+        return future
 
     def _check(self) -> None:
         self._watchdog = None
@@ -171,10 +175,7 @@ class CommandPipe:
             conn = await self._connected()
         if len(conn.calls) >= self._max_pending:
             raise StoreBusyError(f"store busy: {len(conn.calls)} calls pending on the pipe")
-        loop = asyncio.get_running_loop()
-        call = _Call(count, loop.create_future(), loop.time() + self._timeout_s)
-        conn.add(call, packed)
-        return await call.future  # answered, or failed by the connection (lost, no answer in time)
+        return await conn.add(packed, count)  # answered, or failed by the connection (lost, no answer in time)
 
     async def _connected(self) -> _Connection:
         async with self._connect_lock:  # callers arriving meanwhile share the one connect
@@ -212,11 +213,8 @@ class CommandPipe:
             setup.append(("SELECT", a.db))
         if not setup:
             return
-        loop = asyncio.get_running_loop()
-        call = _Call(len(setup), loop.create_future(), loop.time() + self._timeout_s)
-        conn.add(call, pack(*setup))
         try:
-            replies = await call.future
+            replies = await conn.add(pack(*setup), len(setup))
         except StoreUnavailableError as e:
             raise StoreUnavailableError(f"store did not answer the connection's setup: {e}") from None
         refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]

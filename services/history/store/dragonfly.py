@@ -41,8 +41,7 @@ class DragonflyStreamStore:
         self._append = load_script(client, LUA / "append.lua")
         self._read = load_script(client, LUA / "read.lua")
         # What every append call of this store repeats, packed once (the pipe's path).
-        sha = self._append.sha.encode()
-        self._evalsha_head = b"$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(sha), sha)
+        self._evalsha_head = bulk(b"EVALSHA") + bulk(self._append.sha.encode())
         self._limit_args = b"".join(bulk(b"%d" % v) for v in (
             limits.max_len, int(limits.ttl_s * 1000), int(limits.meta_ttl_s * 1000),
             int(limits.idempotency_window_s * 1000)))
