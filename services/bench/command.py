@@ -33,6 +33,8 @@ def _check(o: BenchOptions) -> str | None:
         return "fanout needs 1 <= rooms <= clients"
     if o.check_at and not (o.scenario == "fanout" and o.step):
         return "--check-at needs fanout --step"
+    if o.placement != "spread" and o.scenario != "fanout":
+        return "--placement is for fanout"
     return None
 
 
@@ -45,6 +47,7 @@ def _config_line(o: BenchOptions, t: Target) -> str:
     parts = {"fanout": f"C={o.clients} R={o.rooms} P={o.publishers} "
                        + (f"step from {o.step_start}/s x{o.step_factor}" if o.step else f"M={o.rate}/s")
                        + (f", check at {o.check_at:.0%}" if o.check_at else "")
+                       + (f", placement {o.placement}" if o.placement != "spread" else "")
                        + f" T={o.duration_s}s",
              "idle": f"C={o.clients} hold {o.hold_s}s heartbeat {o.heartbeat_s}s",
              "stream": f"{o.rate} chunks/s for {o.duration_s}s to {o.clients} clients, {o.lanes} HTTP lanes, "

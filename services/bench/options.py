@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 
 SCENARIOS = ("fanout", "idle", "stream", "storm")
+PLACEMENTS = ("spread", "session")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class BenchOptions:
     p99_limit_ms: float = 100.0
     check_at: float = 0.0
     check_p99_ms: float = 50.0
+    placement: str = "spread"
     hold_s: float = 10.0
     heartbeat_s: float = 5.0
     lanes: int = 1
@@ -72,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fanout --step: then one more step at this fraction of the highest sustained "
                         "rate, its p99 reported against --check-p99-ms (0.8: p99 at 80 %% of the maximum)")
     s.add_argument("--check-p99-ms", type=float, default=50.0, help="the p99 the --check-at step should meet")
+    s.add_argument("--placement", choices=PLACEMENTS, default="spread",
+                   help="fanout: which edge each connection uses. spread: a session's members alternate "
+                        "over the edges, so every session spans them all (a load balancer that ignores the "
+                        "path); session: all of a session's members on one edge (session number modulo "
+                        "edges), as behind an ingress that hashes the WebSocket path")
     s.add_argument("--hold", dest="hold_s", type=float, default=10.0, help="idle: seconds to hold")
     s.add_argument("--heartbeat", dest="heartbeat_s", type=float, default=5.0,
                    help="idle: seconds between heartbeats per connection")

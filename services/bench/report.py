@@ -143,6 +143,8 @@ def render(result: Result) -> str:
     if c:
         out.append(f"connect+auth: {c['established']}/{c['attempted']} in {c['wall_s']} s, "
                    f"p50 {c['connect_ms']['p50']} ms, p99 {c['connect_ms']['p99']} ms, max {c['connect_ms']['max']} ms")
+    if scenario == "fanout" and "sessions_spanning_edges" in result:
+        out.append(f"sessions whose members are on more than one edge: {result['sessions_spanning_edges']}")
     if scenario in ("fanout", "stream"):
         steps = result["steps"]
         out.append(steps_table(steps))

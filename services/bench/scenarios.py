@@ -64,16 +64,23 @@ def log(msg: str) -> None:
 class Plan:
     """Which session, edge, worker and publisher number each connection gets (deterministic)."""
 
-    def __init__(self, clients: int, rooms: int, edges: int, publishers: int, workers: int) -> None:
+    def __init__(self, clients: int, rooms: int, edges: int, publishers: int, workers: int,
+                 placement: str = "spread") -> None:
         if not 1 <= rooms <= clients:
             raise ValueError("need 1 <= rooms <= clients")
         if publishers > clients:
             raise ValueError("more publishers than clients")
         self.clients, self.rooms, self.publishers, self.workers = clients, rooms, publishers, workers
         self.room_of = [i % rooms for i in range(clients)]
-        self.edge_of = [(i // rooms) % edges for i in range(clients)]
+        if placement == "session":  # a session's members together, sessions over the edges in turn
+            self.edge_of = [room % edges for room in self.room_of]
+        elif placement == "spread":  # a session's members alternate over the edges
+            self.edge_of = [(i // rooms) % edges for i in range(clients)]
+        else:
+            raise ValueError(f"unknown placement {placement!r}")
         # Publisher j is in room r = j % rooms; the members of room r are cids r, r + rooms, ...
-        # alternating over the edges. Starting at member r (not 0) spreads publishers over edges.
+        # (spread: alternating over the edges). Starting at member r (not 0) spreads publishers
+        # over the edges.
         sizes = [len(range(r, clients, rooms)) for r in range(rooms)]
         if publishers > rooms and -(-publishers // rooms) > min(sizes):
             raise ValueError("more publishers per session than session members")
@@ -175,7 +182,7 @@ class Run:
 
     def fanout(self) -> Result:
         o = self.o
-        plan = Plan(o.clients, o.rooms, len(self.t.edge_urls), o.publishers, o.workers)
+        plan = Plan(o.clients, o.rooms, len(self.t.edge_urls), o.publishers, o.workers, o.placement)
         specs = [self.spec(cid, plan.room_of[cid], plan.edge_of[cid], plan.publisher_of.get(cid, -1))
                  for cid in range(plan.clients)]
         self.start_workers(specs, plan.worker_of)

@@ -11,10 +11,12 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.devcluster import DevCluster
 
@@ -122,6 +124,12 @@ def test_step_mode_then_a_check_step_at_a_fraction_of_the_highest_rate(tu: float
     assert "check at 80%" in table
 
 
+def test_placement_is_for_fanout() -> None:
+    proc = subprocess.run([*SWITCHBOARD, "bench", "idle", "--start", "--placement", "session"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2 and "--placement is for fanout" in proc.stderr
+
+
 def test_check_at_needs_step_mode() -> None:
     proc = subprocess.run([*SWITCHBOARD, "bench", "fanout", "--start", "--check-at", "0.8"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -136,6 +144,36 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def edge_receipts(cluster: DevCluster) -> list[float]:
+    """Each edge's `edge_deliveries_total`: events it has received from routers."""
+    out = []
+    for p in cluster.by_role("edge"):
+        with urllib.request.urlopen(p.metrics_url, timeout=5) as r:
+            families = text_string_to_metric_families(r.read().decode())
+        out.append(next(s.value for f in families for s in f.samples if s.name == "edge_deliveries_total"))
+    return out
+
+
+def test_placement_decides_how_many_edges_receive_each_message(cluster: DevCluster, tu: float) -> None:
+    """`--placement session` puts a session's members on one edge, so each message reaches one
+    edge; `spread` (the default) alternates them, so each message reaches both. The edges' own
+    count of events received from routers shows it (plus a few presence events per session)."""
+    receipts = {}
+    for placement in ("session", "spread"):
+        before = edge_receipts(cluster)
+        result, table, _ = bench(["fanout", *against(cluster), "-C", "40", "-R", "4", "-P", "4", "-M", "100",
+                                  "-T", "1", "--placement", placement],
+                                 timeout_s=120 * tu, SWITCHBOARD_JWT_SECRET=cluster.jwt_secret)
+        (step,) = result["steps"]
+        assert_clean(step, sent=100, receivers_per_message=10)
+        assert result["sessions_spanning_edges"] == (0 if placement == "session" else 4)
+        assert f"sessions whose members are on more than one edge: {result['sessions_spanning_edges']}" in table
+        receipts[placement] = [b - a for a, b in zip(before, edge_receipts(cluster), strict=True)]
+    assert all(n >= 50 for n in receipts["session"])  # two sessions, 50 messages, on each edge
+    assert sum(receipts["session"]) < 150  # every message on one edge only
+    assert all(n >= 100 for n in receipts["spread"])  # every message on both edges
 
 
 def test_idle_reports_memory_per_tier_and_answers_heartbeats(cluster: DevCluster, tu: float) -> None:

@@ -48,6 +48,18 @@ def test_every_session_spans_the_edges_and_publishers_are_spread_over_them() -> 
     assert all(plan.room_of[plan.cid_of_publisher[j]] == j % 100 for j in range(100))
 
 
+def test_session_placement_keeps_each_session_on_one_edge_and_the_sessions_over_the_edges() -> None:
+    plan = Plan(clients=2000, rooms=100, edges=2, publishers=100, workers=2, placement="session")
+    assert plan.spans_edges() == 0
+    edge_of_room = {plan.room_of[c]: plan.edge_of[c] for c in range(2000)}
+    assert all(plan.edge_of[c] == edge_of_room[plan.room_of[c]] for c in range(2000))
+    assert sorted(edge_of_room.values()).count(0) == 50  # half the sessions on each edge
+    assert plan.room_of == Plan(clients=2000, rooms=100, edges=2, publishers=100, workers=2).room_of
+    assert all(len(pubs) == 1 for pubs in plan.room_publishers)
+    with pytest.raises(ValueError):
+        Plan(clients=8, rooms=4, edges=2, publishers=4, workers=1, placement="random")
+
+
 def test_a_plan_refuses_more_publishers_than_members() -> None:
     with pytest.raises(ValueError):
         Plan(clients=8, rooms=4, edges=2, publishers=12, workers=1)
