@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, NoReturn
@@ -608,11 +609,13 @@ class Connection:
     async def _publish(self, channel: str, event_type: str, payload: dict[str, Any],
                        event_id: str | None, *, ephemeral: bool) -> None:
         assert self.principal is not None
+        accepted_us = time.time_ns() // 1000  # the frame was just read: the latencies start here
         eid = event_id or wire.new_id()
         body = wire.encode_body(event_type, payload, event_id=eid, channel=channel,
                                 session_id=channel.partition(":")[2],
                                 user_id=self.principal.user_id)
-        event = Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type))
+        event = Event(id=eid, type=event_type, body=body, priority=wire.priority_of(event_type),
+                      accepted_us=accepted_us)
         # Bounded publishes per connection: the reader waits here when the bound is reached,
         # which is back-pressure on a flooding client instead of unbounded tasks.
         await self._inflight.acquire()
@@ -644,8 +647,12 @@ class Connection:
     async def _await_publish(self, channel: str, events: list[Event], ephemeral: bool) -> None:
         m = self.ctx.metrics
         try:
-            with m.publish_seconds.time():
+            try:
                 await self.ctx.pool.publish(channel, events[0], ephemeral=ephemeral, more=events[1:])
+            finally:  # from when the edge read each frame, not from when its unit left
+                now_us = time.time_ns() // 1000
+                for event in events:
+                    m.publish_seconds.observe(max(0, now_us - event.accepted_us) / 1e6)
             m.client_publishes_ok.inc(len(events))
         except EdgeError as e:
             m.publishes.labels("client", e.code).inc(len(events))

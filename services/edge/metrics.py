@@ -49,7 +49,8 @@ class EdgeMetrics:
         self.bytes_out = [0, 0, 0]
         self.delivery_latency = LoopHistograms(
             "edge_delivery_latency_seconds",
-            "Publish accepted by an edge until the frame is written to a client (live deliveries)",
+            "A client's message read by an edge (or a publish call begun) until its frame is "
+            "written to a client (live deliveries)",
             buckets=FAST_BUCKETS, registry=registry).labels()
         self.bytes_in = Counter("edge_bytes_in_total", "Bytes received from clients",
                                 registry=registry)
@@ -76,9 +77,10 @@ class EdgeMetrics:
         self.publishes = Counter("edge_publishes_total", "Publishes by source and result",
                                  ["source", "result"], registry=registry)
         self.client_publishes_ok = self.publishes.labels("client", "ok")  # once per client message
-        self.publish_seconds = LoopHistograms("edge_publish_duration_seconds",
-                                              "Publish until acknowledged", buckets=FAST_BUCKETS,
-                                              registry=registry).labels()
+        self.publish_seconds = LoopHistograms(
+            "edge_publish_duration_seconds",
+            "A client's message read until acknowledged (or failed), its wait behind the "
+            "connection's earlier messages included", buckets=FAST_BUCKETS, registry=registry).labels()
         self.ready = Gauge("edge_ready", "1 when /readyz answers 200 (refreshed every few seconds)",
                            registry=registry)
         self._registry = registry

@@ -432,7 +432,8 @@ class RouterPool:
         deadline = loop.time() + self.publish_timeout_s
         attempt_s = max(self.publish_timeout_s / 3, 0.5)
         attempt = 0
-        accepted_us = time.time_ns() // 1000  # travels with the event: delivery latency
+        # Travels with the event (delivery latency): when the edge took it from its client.
+        accepted_us = event.accepted_us or time.time_ns() // 1000
         avoid: set[str] = set()
         last: EdgeError = UpstreamUnavailableError("no router available")
         first, rest = _event_pb(event), [_event_pb(e) for e in more]

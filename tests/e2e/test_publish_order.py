@@ -9,8 +9,11 @@ publishes of the same connection had been stored: the retry landed behind them.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from pathlib import Path
+
+import httpx
 
 from services.devcluster import DevCluster
 from tests.e2e.conftest import chat_url, collect, token_for
@@ -87,3 +90,40 @@ async def test_stalled_history_keeps_each_senders_order(make_cluster, clients, t
 
     await _send_and_check(cluster, clients, tu, senders=4, per_sender=150, fault=stall)
     assert _log_lines(cluster, "router", "append_failed") > 0, "no append failed: the test proved nothing"
+
+
+def _above(metrics: str, name: str, bound: str) -> int:
+    """Observations of histogram `name` above the bucket bound `bound`."""
+    def value(suffix: str) -> float:
+        m = re.search(rf'^{name}{suffix} (\S+)$', metrics, re.M)
+        assert m, f"{name}{suffix} not exported"
+        return float(m.group(1))
+    return int(value("_count") - value(rf'_bucket\{{le="{bound}"\}}'))
+
+
+async def test_a_message_waiting_behind_its_connections_earlier_one_counts_that_wait(
+        make_cluster, clients, sid, tu) -> None:
+    # A connection has one unit of messages in flight: the second message waits on the edge
+    # until the first is acknowledged. History stalls while the first is appended, so both wait
+    # at least 0.6 s. The edge's publish duration and delivery latency must count that wait for
+    # both messages, from when the edge read each one, not from when the second one left.
+    stall_s = 0.6
+    cluster = make_cluster(env={"SWITCHBOARD_APPEND_VIA": "history"})
+    history = cluster.by_role("history")[0]
+    c = clients(chat_url(cluster, 0, sid), token_for(cluster, "sender", [sid]), session_id=sid)
+    await c.connect()
+    history.signal(signal.SIGSTOP)
+    try:
+        await c.chat("first", message_id="m-first")
+        await asyncio.sleep(stall_s / 3)  # the first one's unit is in flight: the second waits
+        await c.chat("second", message_id="m-second")
+        await asyncio.sleep(stall_s)
+    finally:
+        history.signal(signal.SIGCONT)
+    events = await collect(c, 2, {"chat_message", "connection_error"}, 30 * tu)
+    assert [e["payload"].get("content") for e in events] == ["first", "second"], events
+    async with httpx.AsyncClient(timeout=10 * tu) as http:
+        metrics = (await http.get(f"http://127.0.0.1:{cluster.by_role('edge')[0].port}/metrics")).text
+    published = _above(metrics, "edge_publish_duration_seconds", "0.25")
+    delivered = _above(metrics, "edge_delivery_latency_seconds", "0.25")
+    assert (published, delivered) == (2, 2), "a message's wait on the edge was not counted"
