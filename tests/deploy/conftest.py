@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = ("dev", "prod", "prod-dragonfly-operator")
+OVERLAYS = ("dev", "prod", "prod-dragonfly-operator", "prod-session-affinity")
 TIERS = ("edge", "router", "history")
 
 Manifest = dict[str, Any]

@@ -3,7 +3,9 @@ the invariants an SRE relies on (probes, limits, security, drain, network isolat
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -452,3 +454,70 @@ def test_kustomize_files_parse() -> None:
     for path in (ROOT / "k8s").rglob("*.yaml"):
         docs = list(yaml.safe_load_all(path.read_text()))
         assert docs, path
+
+
+# ---- session affinity (k8s/components/session-affinity) ---------------------------------------
+
+HASH_BY = "nginx.ingress.kubernetes.io/upstream-hash-by"
+
+
+def _paths(ingress: Manifest) -> dict[str, str]:
+    (rule,) = ingress["spec"]["rules"]
+    return {p["path"]: p["backend"]["service"]["name"] for p in rule["http"]["paths"]}
+
+
+def test_session_affinity_hashes_the_websocket_paths_alone_on_a_service_of_their_own(
+        rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["prod-session-affinity"]
+    main, hashed = one(manifests, "Ingress", "switchboard"), one(manifests, "Ingress", "switchboard-ws")
+    # /ws/chat/{session_id}: one session, one URI, one edge pod; the publish API is not hashed
+    assert _paths(hashed) == {"/ws": "edge-ws"}
+    assert hashed["metadata"]["annotations"][HASH_BY] == "$uri"
+    assert HASH_BY not in main["metadata"]["annotations"]
+    assert _paths(main) == {"/api/ws": "edge", "/api/v1": "edge", "/": "edge"}
+    assert set(_paths(main)) | set(_paths(hashed)) == set(_paths(one(rendered["prod"], "Ingress", "switchboard")))
+    # the same timeouts, body limit and TLS redirect as every other path
+    assert {k: v for k, v in hashed["metadata"]["annotations"].items() if k != HASH_BY} == \
+        main["metadata"]["annotations"]
+    assert hashed["spec"]["ingressClassName"] == main["spec"]["ingressClassName"]
+    # ingress-nginx keeps the hash per Service and port: edge-ws must be the edges, and only the
+    # hashed Ingress may use it (and it nothing else)
+    edge, edge_ws = one(manifests, "Service", "edge"), one(manifests, "Service", "edge-ws")
+    assert edge_ws["spec"]["selector"] == edge["spec"]["selector"]
+    assert edge_ws["spec"]["ports"] == edge["spec"]["ports"]
+    users = [i["metadata"]["name"] for i in find(manifests, "Ingress") if "edge-ws" in _paths(i).values()]
+    assert users == ["switchboard-ws"]
+
+
+def test_session_affinity_copies_the_host_and_tls_secret_an_overlay_sets(tmp_path: Path) -> None:
+    # kustomize takes relative paths only; the overlay patches the main Ingress, the component
+    # must copy what it set.
+    mine, hashed = tmp_path / "mine", tmp_path / "hashed"
+    mine.mkdir()
+    hashed.mkdir()
+    (mine / "kustomization.yaml").write_text(f"""\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {os.path.relpath(ROOT / "k8s" / "overlays" / "prod", mine)}
+patches:
+  - target: {{kind: Ingress, name: switchboard}}
+    patch: |-
+      - op: replace
+        path: /spec/rules/0/host
+        value: chat.test.example
+      - op: replace
+        path: /spec/tls/0
+        value: {{hosts: [chat.test.example], secretName: chat-test-tls}}
+""")
+    (hashed / "kustomization.yaml").write_text(f"""\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../mine
+components:
+  - {os.path.relpath(ROOT / "k8s" / "components" / "session-affinity", hashed)}
+""")
+    ws = one(render(hashed), "Ingress", "switchboard-ws")
+    assert ws["spec"]["rules"][0]["host"] == "chat.test.example"
+    assert ws["spec"]["tls"] == [{"hosts": ["chat.test.example"], "secretName": "chat-test-tls"}]
