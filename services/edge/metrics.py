@@ -79,8 +79,9 @@ class EdgeMetrics:
         self.client_publishes_ok = self.publishes.labels("client", "ok")  # once per client message
         self.publish_seconds = LoopHistograms(
             "edge_publish_duration_seconds",
-            "A client's message read until acknowledged (or failed), its wait behind the "
-            "connection's earlier messages included", buckets=FAST_BUCKETS, registry=registry).labels()
+            "A client's message (or a publish API call) read until acknowledged or failed, a "
+            "message's wait behind its connection's earlier ones included", buckets=FAST_BUCKETS,
+            registry=registry).labels()
         self.ready = Gauge("edge_ready", "1 when /readyz answers 200 (refreshed every few seconds)",
                            registry=registry)
         self._registry = registry
