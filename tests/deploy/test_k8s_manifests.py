@@ -470,11 +470,12 @@ def test_session_affinity_hashes_the_websocket_paths_alone_on_a_service_of_their
         rendered: dict[str, list[Manifest]]) -> None:
     manifests = rendered["prod-session-affinity"]
     main, hashed = one(manifests, "Ingress", "switchboard"), one(manifests, "Ingress", "switchboard-ws")
-    # /ws/chat/{session_id}: one session, one URI, one edge pod; the publish API is not hashed
-    assert _paths(hashed) == {"/ws": "edge-ws"}
+    # /ws/chat/{session_id} (and /api/ws/chat/...): one session, one URI, one edge pod; the
+    # publish API is not hashed
+    assert _paths(hashed) == {"/api/ws": "edge-ws", "/ws": "edge-ws"}
     assert hashed["metadata"]["annotations"][HASH_BY] == "$uri"
     assert HASH_BY not in main["metadata"]["annotations"]
-    assert _paths(main) == {"/api/ws": "edge", "/api/v1": "edge", "/": "edge"}
+    assert _paths(main) == {"/api/v1": "edge", "/": "edge"}
     assert set(_paths(main)) | set(_paths(hashed)) == set(_paths(one(rendered["prod"], "Ingress", "switchboard")))
     # the same timeouts, body limit and TLS redirect as every other path
     assert {k: v for k, v in hashed["metadata"]["annotations"].items() if k != HASH_BY} == \
