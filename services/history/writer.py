@@ -68,14 +68,12 @@ class StreamWriter:
         """Several channels in one store round trip; an invalid or failed channel gets its own
         error outcome and does not fail the others. Raises StoreError when the store call fails
         as a whole."""
-        results = await self._append_many([(a.channel, a.events) for a in request.appends])
-        return pb.AppendBatchResponse(results=[_outcome(r) for r in results])
+        return _batch_response(await self._append_many(_appends_of(request)))
 
     async def append_batch_answering_errors(self, request: pb.AppendBatchRequest) -> pb.AppendBatchResponse:
         """`append_batch` that never raises: a failure is answered on every append of the batch
         (unavailable, busy, internal), so the caller never waits for its deadline."""
-        results = await self.append_many([(a.channel, a.events) for a in request.appends])
-        return pb.AppendBatchResponse(results=[_outcome(r) for r in results])
+        return _batch_response(await self.append_many(_appends_of(request)))
 
     async def append_many(self, appends: Sequence[tuple[str, Sequence[pb.Event]]]) -> list[Appended]:
         """`append_batch_answering_errors` without the request and response messages (the owning
@@ -150,6 +148,14 @@ def invalid_events(channel: str, events: Sequence[pb.Event]) -> str:
 
 def _new_events(events: Sequence[pb.Event]) -> list[NewEvent]:
     return [NewEvent(ev.id, ev.body, ev.priority or 1) for ev in events]
+
+
+def _appends_of(request: pb.AppendBatchRequest) -> list[tuple[str, Sequence[pb.Event]]]:
+    return [(a.channel, a.events) for a in request.appends]
+
+
+def _batch_response(results: list[Appended]) -> pb.AppendBatchResponse:
+    return pb.AppendBatchResponse(results=[_outcome(r) for r in results])
 
 
 def _outcome(result: Appended) -> pb.AppendOutcome:
