@@ -3,8 +3,9 @@
 Not Switchboard. A measuring tool for one question of issue 7: can *any* design that keeps the
 project's guarantees in the harness's scenario (every message stored before it is delivered, a
 room's members on two server processes) meet "p99 at most 50 ms at 80 % of the maximum" on this
-2-core machine, with the load generator on the same cores? The limit server (`limit-py`) meets
-it with one process and no store; the project, with five processes on a message's way, does not.
+2-core machine, with the load generator on the same cores? The limit server (`limit-py`) mostly meets
+it with one process and no store; the project, with four server processes on a message's way
+(edge, owner router, Redis, the other edge), does not.
 
 So this is `limit-py` (picows + uvloop + orjson, rooms in memory, the same JSON protocol) with
 the two hops no such design can drop, each done as cheaply as Python allows:
@@ -243,6 +244,7 @@ async def main(a: argparse.Namespace) -> None:
             w.cancel()
         for writer in peers.writers:
             writer.close()
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

@@ -21,7 +21,6 @@ from tests.support import free_port
 from tests.support.redis_server import RedisServer
 
 FLOOR = Path(__file__).resolve().parents[2] / "bench" / "floor" / "floor_picows.py"
-pytest.importorskip("picows", reason="the bench dependency group (scripts/bootstrap installs it)")
 
 
 @pytest.fixture
